@@ -1,0 +1,232 @@
+"""The generator API for downstream scripts.
+
+    from design import load_generator
+    g = load_generator("models:/crystal-generator@champion")   # or a path to generator.pt
+    for cand in g.generate(100, seed=0, target={"formation_energy_per_atom": -2.0}):
+        atoms = cand.to_ase()          # ASE Atoms, ready for a calculator
+        structure = cand.structure     # pymatgen Structure
+
+The same seed gives the same structures (on the same device and library versions).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from design.config import RunConfig
+from design.domains import build_domain
+from design.domains.base import Candidate, Domain
+from design.models import VAEGAN, build_model
+from design.training.checkpoint import CheckpointError, checkpoint_config, load_checkpoint
+from design.utils import resolve_device
+
+
+class CrystalCandidate(Candidate):
+    """A generated crystal: ``.structure`` (pymatgen), ``.to_ase()``, scores and validity report."""
+
+    @property
+    def structure(self):
+        return self.obj
+
+    def to_ase(self):
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        return AseAtomsAdaptor.get_atoms(self.obj)
+
+    def __repr__(self) -> str:
+        valid = "valid" if self.valid else "invalid"
+        return f"CrystalCandidate({self.id}, {self.obj.composition.reduced_formula}, {len(self.obj)} sites, {valid})"
+
+
+_CANDIDATE_TYPES = {"crystal": CrystalCandidate}
+
+
+@dataclass
+class GeneratedBatch:
+    """Tensors of one generated batch plus per-sample scores (all on CPU)."""
+
+    tensors: Any
+    scores: dict[str, torch.Tensor]
+
+
+class Generator:
+    """A trained VAE-GAN generator with its domain, ready to sample candidates."""
+
+    def __init__(
+        self,
+        model: VAEGAN,
+        domain: Domain,
+        config: RunConfig,
+        property_names: list[str],
+        property_mean: torch.Tensor,
+        property_std: torch.Tensor,
+        condition_bank: torch.Tensor,
+        device: torch.device,
+        source: str = "",
+        history: list[dict] | None = None,
+    ):
+        self.model = model.eval()
+        self.domain = domain
+        self.config = config
+        self.property_names = list(property_names)
+        self.property_mean = property_mean.to(device)
+        self.property_std = property_std.to(device)
+        self.condition_bank = condition_bank.to(device)  # [K, P] standardised training properties
+        self.device = device
+        self.source = source
+        self.history = history or []
+        self.penalty = domain.build_penalty().to(device)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None) -> Generator:
+        blob = load_checkpoint(path)
+        if not blob["complete"]:
+            raise CheckpointError(
+                f"checkpoint {path} is from an unfinished training run (epoch {blob['epoch']}); "
+                "finish it with `invdes train` (it resumes) or use generator.pt"
+            )
+        config = checkpoint_config(blob)
+        dev = resolve_device(str(device) if device is not None else config.train.device)
+        domain = build_domain(config)
+        model = build_model(config, domain, blob["state"])
+        try:
+            model.load_state_dict(blob["model"])
+        except RuntimeError as err:
+            raise CheckpointError(f"weights in {path} do not fit the model its config describes: {err}") from None
+        return cls(
+            model.to(dev),
+            domain,
+            config,
+            blob["property_names"],
+            torch.tensor(blob["property_mean"]),
+            torch.tensor(blob["property_std"]),
+            blob["condition_bank"],
+            dev,
+            source=str(path),
+            history=blob.get("history", []),
+        )
+
+    # ------------------------------------------------------------------ conditioning
+    def condition(self, n: int, target: dict[str, float] | None, generator: torch.Generator) -> torch.Tensor:
+        """[n, P] standardised condition: the target where given, else property rows of training
+        crystals drawn at random (the data distribution the generator was trained on)."""
+        if target is not None and not isinstance(target, dict):
+            raise TypeError(f"target must be a dict of property -> value or None, got {type(target).__name__}")
+        pick = torch.randint(len(self.condition_bank), (n,), generator=generator, device=self.device)
+        c = self.condition_bank[pick].clone()
+        for name, value in (target or {}).items():
+            if name not in self.property_names:
+                raise ValueError(f"unknown target property {name!r}; this generator knows {self.property_names}")
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"target {name}={value!r} must be a finite number")
+            j = self.property_names.index(name)
+            c[:, j] = (float(value) - self.property_mean[j]) / self.property_std[j]
+        return c
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        seed: int = 0,
+        target: dict[str, float] | None = None,
+        temperature: float | None = None,
+        batch_size: int | None = None,
+    ) -> GeneratedBatch:
+        """Sample ``n`` tensors with scores (realism in [0, 1], predicted properties in physical units, penalty)."""
+        _check_count(n)
+        temperature = self.config.generate.temperature if temperature is None else float(temperature)
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        bs = batch_size or self.config.generate.batch_size
+        gen = torch.Generator(device=self.device).manual_seed(int(seed))
+        parts, scores = [], {}
+        for start in range(0, n, bs):
+            m = min(bs, n - start)
+            z = torch.randn(m, self.model.latent_dim, generator=gen, device=self.device)
+            c = self.condition(m, target, gen)
+            raw = self.model.generator(z, c)
+            batch = self.model.generator.head.sample(raw, tau=1.0, temperature=temperature, generator=gen)
+            d = self.model.discriminator(batch)
+            props = d.properties * self.property_std + self.property_mean
+            part = {"realism": torch.sigmoid(d.realism), "penalty": self.penalty(batch)}
+            for j, name in enumerate(self.property_names):
+                part[f"pred_{name}"] = props[:, j]
+            for k, v in part.items():
+                scores.setdefault(k, []).append(v.cpu())
+            parts.append(self.domain.batch_to_tensors(batch).to("cpu"))
+        tensors = parts[0] if len(parts) == 1 else _concat(parts)
+        return GeneratedBatch(tensors, {k: torch.cat(v) for k, v in scores.items()})
+
+    def candidates(self, batch: GeneratedBatch, id_prefix: str = "g", check: bool = True) -> list[Candidate]:
+        cls = _CANDIDATE_TYPES.get(self.domain.name, Candidate)
+        objs = self.domain.decode(batch.tensors)
+        out = []
+        for i, obj in enumerate(objs):
+            sc = {k: float(v[i]) for k, v in batch.scores.items()}
+            out.append(cls(id=f"{id_prefix}{i:06d}", obj=obj, scores=sc, check=self.domain.check(obj) if check else None))
+        return out
+
+    def generate(
+        self,
+        n: int,
+        seed: int = 0,
+        target: dict[str, float] | None = None,
+        valid_only: bool = False,
+        temperature: float | None = None,
+        max_tries: int = 20,
+    ) -> list[Candidate]:
+        """``n`` decoded candidates, each checked; with ``valid_only`` keep sampling until ``n`` pass.
+
+        Candidate ids are ``s<seed>-<index>`` so files from different seeds never collide.
+        """
+        _check_count(n)
+        if not valid_only:
+            return self.candidates(self.sample(n, seed, target, temperature), id_prefix=f"s{seed}-")
+        found: list[Candidate] = []
+        drawn = 0
+        for attempt in range(max_tries):
+            want = max(2 * (n - len(found)), 16)
+            cands = self.candidates(self.sample(want, seed + attempt * 1_000_003, target, temperature), f"s{seed}-")
+            for c in cands:
+                if c.valid:
+                    c.id = f"s{seed}-{len(found):06d}"
+                    found.append(c)
+                    if len(found) == n:
+                        return found
+            drawn += want
+        raise RuntimeError(
+            f"only {len(found)} of {n} valid candidates in {drawn} samples; lower n, raise max_tries, "
+            "or retrain the generator"
+        )
+
+
+def _check_count(n: Any) -> None:
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n must be an int, got {type(n).__name__} {n!r}")
+    if n <= 0:
+        raise ValueError(f"n must be a positive number of samples, got {n}")
+
+
+def _concat(parts: list) -> Any:
+    first = parts[0]
+    fields = {k: torch.cat([getattr(p, k) for p in parts]) for k in vars(first)}
+    return type(first)(**fields)
+
+
+def load_generator(uri: str | Path, device: str | torch.device | None = None) -> Generator:
+    """Load a generator from a checkpoint path or an MLflow model URI (``models:/name@alias``, ``runs:/...``)."""
+    uri_s = str(uri)
+    if uri_s.startswith(("models:/", "runs:/", "mlflow-artifacts:/")):
+        from design.tracking.store import download_generator_checkpoint
+
+        return Generator.from_checkpoint(download_generator_checkpoint(uri_s), device)
+    path = Path(uri_s)
+    if path.is_dir():
+        path = path / "generator.pt"
+    return Generator.from_checkpoint(path, device)

@@ -1,0 +1,258 @@
+"""Run configuration: YAML files validated at the boundary, unknown keys rejected, then frozen.
+
+A run config has one section per pipeline stage. Every section is a frozen pydantic model with
+``extra="forbid"``, so a misspelt key is an error that names the key, not a silently ignored value.
+
+The part of the config that decides the trained generator (``domain``, ``seed``, ``data``,
+``model``, ``train``) is hashed by :func:`generator_key`; ``discover`` reuses a cached generator
+when that key matches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A run config that cannot be used; the message names the value and the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    """Which dataset files to train on and judge novelty against (paths relative to the data root)."""
+
+    train: str = "crystals/mp_20_biternary/val.csv.gz"
+    reference: str = "crystals/mp_20_biternary/test.csv.gz"
+    properties: tuple[str, ...] = ("formation_energy_per_atom",)
+    max_sites: int = Field(20, ge=1, le=64)
+    limit: int | None = Field(None, ge=1, description="use only the first N rows (quick runs)")
+
+    @field_validator("properties")
+    @classmethod
+    def _non_empty(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(v) == 0:
+            raise ValueError("data.properties is empty: name at least one property column, e.g. [band_gap]")
+        if len(set(v)) != len(v):
+            raise ValueError(f"data.properties has duplicates: {list(v)}")
+        return v
+
+
+class ModelConfig(_Section):
+    """Sizes of the VAE-GAN networks."""
+
+    latent_dim: int = Field(64, ge=2)
+    hidden: int = Field(256, ge=8, description="width of the latent/condition trunk")
+    site_dim: int = Field(128, ge=8, description="width of per-site features")
+    heads: int = Field(4, ge=1)
+    encoder_layers: int = Field(2, ge=1)
+    decoder_layers: int = Field(2, ge=1)
+    disc_dim: int = Field(64, ge=8, description="width of the discriminator's per-site features")
+    disc_layers: int = Field(3, ge=1)
+    disc_cutoff: float = Field(6.0, gt=0, description="radial cutoff of the discriminator, Angstrom")
+    rbf: int = Field(12, ge=2, description="radial basis functions per distance")
+    spectral_norm: bool = True
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> ModelConfig:
+        if self.site_dim % self.heads:
+            raise ValueError(
+                f"model.site_dim={self.site_dim} is not divisible by model.heads={self.heads}; "
+                "pick a site_dim that is a multiple of heads"
+            )
+        return self
+
+
+GanLoss = Literal["minimax", "non_saturating", "hinge", "relativistic", "wgan_gp"]
+
+
+class TrainConfig(_Section):
+    """Optimisation and loss weights of the VAE-GAN."""
+
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=2)
+    lr_g: float = Field(1e-3, gt=0)
+    lr_d: float = Field(2e-4, gt=0)
+    beta_kl: float = Field(0.01, ge=0)
+    kl_warmup_epochs: int = Field(5, ge=0)
+    gan_loss: GanLoss = "non_saturating"
+    adv_weight: float = Field(0.1, ge=0, description="0 trains a plain VAE (no adversarial term)")
+    adv_start_epoch: int = Field(0, ge=0, description="epochs of pure VAE training before the GAN game starts")
+    fm_weight: float = Field(1.0, ge=0, description="feature-matching reconstruction on D's features")
+    prop_weight: float = Field(1.0, ge=0, description="D's property head regression on real data")
+    cond_weight: float = Field(0.02, ge=0, description="AC reward: G's samples should read as their condition c")
+    penalty_weight: float = Field(1.0, ge=0, description="physics penalty on generated samples")
+    gp_weight: float = Field(10.0, ge=0, description="gradient penalty weight (wgan_gp)")
+    label_smoothing: float = Field(0.1, ge=0, lt=0.5, description="one-sided: real targets are 1 - this")
+    n_critic: int = Field(1, ge=1, description="discriminator steps per generator step")
+    gumbel_tau: float = Field(1.0, gt=0)
+    grad_clip: float = Field(5.0, gt=0)
+    monitor_samples: int = Field(256, ge=8, description="fixed sample for per-epoch collapse monitors")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all cores")
+
+
+class PenaltyConfig(_Section):
+    """Physics penalty: thresholds in physical units."""
+
+    distance_scale: float = Field(0.6, gt=0, le=1.5, description="atoms closer than scale*(r_cov_i+r_cov_j) are penalised")
+    density_min: float = Field(0.5, gt=0, description="g/cm^3")
+    density_max: float = Field(25.0, gt=0, description="g/cm^3")
+    distance_weight: float = Field(1.0, ge=0)
+    charge_weight: float = Field(1.0, ge=0)
+    density_weight: float = Field(0.1, ge=0)
+
+    @model_validator(mode="after")
+    def _range(self) -> PenaltyConfig:
+        if self.density_min >= self.density_max:
+            raise ValueError(
+                f"penalty.density_min={self.density_min} >= penalty.density_max={self.density_max}; "
+                "the lower bound must be below the upper"
+            )
+        return self
+
+
+class GenerateConfig(_Section):
+    """Discovery rounds: how many samples, and the property target of the conditional generator."""
+
+    rounds: int = Field(3, ge=1)
+    n_per_round: int = Field(1000, ge=1)
+    batch_size: int = Field(1024, ge=1)
+    temperature: float = Field(1.0, gt=0, description="softmax temperature of element sampling")
+    target: dict[str, float] | None = Field(
+        None, description="property values to condition on, physical units; null samples the data distribution"
+    )
+
+
+class FilterConfig(_Section):
+    require_valid: bool = True
+    require_unique: bool = True
+    require_novel: bool = True
+    max_elements_smact: int = Field(8, ge=1, description="compositions with more elements count as invalid")
+
+
+class RankConfig(_Section):
+    """Weighted ranking over z-scored terms: realism (up), penalty (down), properties by goal."""
+
+    realism_weight: float = Field(1.0, ge=0)
+    penalty_weight: float = Field(1.0, ge=0)
+    property_weights: dict[str, float] = Field(default_factory=dict)
+    property_goals: dict[str, Literal["minimize", "maximize", "target"]] = Field(default_factory=dict)
+    top_k: int = Field(20, ge=1, description="how many top candidates get CIF files and pictures")
+
+
+class TrackingConfig(_Section):
+    uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///<cwd>/mlflow.db")
+    experiment: str = "crystal-discovery"
+    registered_model: str = "crystal-generator"
+    alias: str = "champion"
+
+
+class OutputConfig(_Section):
+    dir: str = Field("runs", description="root for discover outputs (relative to the working directory)")
+    generator_cache: str = Field("runs/generators", description="trained generators, keyed by config hash")
+
+
+class RunConfig(_Section):
+    """A whole run: one YAML file."""
+
+    name: str = "crystal"
+    domain: Literal["crystal"] = "crystal"
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    penalty: PenaltyConfig = PenaltyConfig()
+    generate: GenerateConfig = GenerateConfig()
+    filter: FilterConfig = FilterConfig()
+    rank: RankConfig = RankConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def _properties_known(self) -> RunConfig:
+        props = set(self.data.properties)
+        for where, keys in (
+            ("generate.target", (self.generate.target or {}).keys()),
+            ("rank.property_weights", self.rank.property_weights.keys()),
+            ("rank.property_goals", self.rank.property_goals.keys()),
+        ):
+            unknown = sorted(set(keys) - props)
+            if unknown:
+                raise ValueError(
+                    f"{where} names {unknown}, which the model does not predict; "
+                    f"use one of data.properties={sorted(props)} or add it there"
+                )
+        for prop, goal in self.rank.property_goals.items():
+            if goal == "target" and prop not in (self.generate.target or {}):
+                raise ValueError(
+                    f"rank.property_goals.{prop}='target' needs a value in generate.target.{prop}"
+                )
+        return self
+
+    def generator_part(self) -> dict:
+        """The sections that decide the trained generator (JSON-compatible)."""
+        d = self.model_dump(mode="json")
+        return {k: d[k] for k in ("domain", "seed", "data", "model", "train", "penalty")}
+
+
+def generator_key(config: RunConfig) -> str:
+    """Stable hash of the generator-defining part of ``config`` (12 hex digits)."""
+    blob = json.dumps(config.generator_part(), sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  - unknown key '{loc}': remove it or check its spelling against configs/crystal.yaml")
+        else:
+            value = e.get("input")
+            shown = "" if isinstance(value, dict) else f" (got {value!r})"
+            lines.append(f"  - {loc}: {e['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def config_from_dict(data: dict, source: str = "<dict>") -> RunConfig:
+    """Validate a plain mapping into a frozen :class:`RunConfig`; raise :class:`ConfigError`."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {source} must be a mapping of sections, got {type(data).__name__}")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
+    """Read a YAML run config, apply nested ``overrides`` and validate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass one of the files in configs/")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    if overrides:
+        data = merge(data, overrides)
+    return config_from_dict(data, str(path))
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Recursive dict merge; values in ``override`` win."""
+    out = dict(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out

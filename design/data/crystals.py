@@ -1,0 +1,174 @@
+"""CDVAE-format crystal CSVs (``material_id``, ``cif``, property columns) -> encoded tensors, cached.
+
+A row is skipped, counted by reason and logged, never fatal, when its CIF does not parse, it is
+disordered, it does not fit ``max_sites``, or a requested property is missing or not finite.
+Featurised tensors are cached under ``<data cache>/features/`` keyed by the source file's sha256
+and every argument that changes the result, so the second load of a split takes well under a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from design.data.sources import cache_dir, resolve, sha256_of
+from design.domains.base import EncodedDataset
+from design.domains.crystal.tensors import EncodeError, encode_structure, stack
+from design.utils import atomic_path
+
+log = logging.getLogger(__name__)
+
+FEATURIZER_VERSION = 1
+REQUIRED_COLUMNS = ("material_id", "cif")
+
+
+class DatasetFormatError(ValueError):
+    """A dataset file whose columns do not match what was asked."""
+
+
+def read_table(path: Path, properties: list[str], limit: int | None) -> pd.DataFrame:
+    try:
+        df = pd.read_csv(path, nrows=limit)
+    except pd.errors.EmptyDataError:
+        raise DatasetFormatError(f"dataset file {path} is empty; point data.train at a CDVAE-format CSV") from None
+    missing = [c for c in (*REQUIRED_COLUMNS, *properties) if c not in df.columns]
+    if missing:
+        raise DatasetFormatError(
+            f"dataset file {path} lacks columns {missing}; it has {list(df.columns)}. "
+            "Use a CDVAE-format CSV (material_id, cif, property columns) or fix data.properties"
+        )
+    return df
+
+
+def _parse_row(cif: object, props: list[float], max_sites: int, standardize: bool):
+    from pymatgen.core import Structure
+
+    if not isinstance(cif, str) or not cif.strip():
+        return "empty cif", None
+    if not all(np.isfinite(props)):
+        return "property not finite", None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            structure = Structure.from_str(cif, fmt="cif")
+    except Exception:  # pymatgen raises many types for broken CIF text
+        return "cif does not parse", None
+    try:
+        return None, encode_structure(structure, max_sites, standardize)
+    except EncodeError as err:
+        reason = str(err)
+        if "sites in the primitive cell" in reason:
+            reason = f"more than max_sites={max_sites} sites"
+        return reason, None
+
+
+def _parse_chunk(args: tuple) -> list:
+    cifs, ys, max_sites, standardize = args
+    return [_parse_row(c, y, max_sites, standardize) for c, y in zip(cifs, ys, strict=True)]
+
+
+def _parse_all(cifs: list, y_all: np.ndarray, max_sites: int, standardize: bool, source: str, workers: int) -> list:
+    """Parse rows in order; with ``workers > 1`` in chunks on a process pool (CIF parsing and spglib
+    hold the GIL, so threads would not help). Falls back to one process if the pool cannot start
+    (e.g. when the main module cannot be re-imported, as for code piped to ``python -``)."""
+    n = len(cifs)
+    chunk = 250
+    jobs = [(cifs[i : i + chunk], y_all[i : i + chunk], max_sites, standardize) for i in range(0, n, chunk)]
+    out: list = []
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+                for part in pool.map(_parse_chunk, jobs):
+                    out.extend(part)
+                    _progress(len(out), n, chunk, source)
+            return out
+        except (BrokenProcessPool, OSError) as err:
+            log.warning("parallel featurisation unavailable (%s); continuing in one process", err)
+            out = []
+    for job in jobs:
+        out.extend(_parse_chunk(job))
+        _progress(len(out), n, chunk, source)
+    return out
+
+
+def _progress(done: int, n: int, chunk: int, source: str) -> None:
+    if done % 1000 < chunk or done == n:
+        log.info("featurised %d/%d rows of %s", done, n, source)
+
+
+def featurize_table(
+    df: pd.DataFrame,
+    properties: list[str],
+    max_sites: int,
+    standardize: bool = True,
+    source: str = "",
+    workers: int | None = None,
+) -> EncodedDataset:
+    parts, ys, ids = [], [], []
+    skipped: Counter[str] = Counter()
+    y_all = df[list(properties)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    n = len(df)
+    if workers is None:
+        workers = min(os.cpu_count() or 1, 8) if n >= 1000 else 1
+    parsed = _parse_all(list(df["cif"]), y_all, max_sites, standardize, source, workers)
+    for i, (mid, (reason, enc)) in enumerate(zip(df["material_id"], parsed, strict=True)):
+        if reason is not None:
+            skipped[reason] += 1
+            log.debug("skip row %d (%s): %s", i, mid, reason)
+        else:
+            parts.append(enc)
+            ys.append(y_all[i])
+            ids.append(str(mid))
+    if skipped:
+        log.warning("%s: skipped %d of %d rows: %s", source, sum(skipped.values()), n, dict(skipped))
+    y = torch.tensor(np.array(ys), dtype=torch.float32).reshape(len(ys), len(properties))
+    return EncodedDataset(stack(parts, max_sites), y, ids, list(properties), dict(skipped))
+
+
+def load_crystal_dataset(
+    relpath: str, properties: list[str], max_sites: int, limit: int | None = None, standardize: bool = True
+) -> EncodedDataset:
+    """Resolve, read and featurise a CDVAE-format CSV, using the feature cache when it matches."""
+    path = resolve(relpath)
+    digest = sha256_of(path)[:16]
+    key = f"{'-'.join(properties)}_s{max_sites}_l{limit}_std{int(standardize)}_v{FEATURIZER_VERSION}_{digest}"
+    cache = cache_dir() / "features" / relpath.replace("/", "__") / f"{key}.pt"
+    if cache.is_file():
+        try:
+            blob = torch.load(cache, weights_only=True)
+            from design.domains.crystal.tensors import CrystalTensors
+
+            tensors = CrystalTensors(blob["z"], blob["frac"], blob["lattice"])
+            log.info("loaded %d featurised crystals of %s from cache", len(blob["ids"]), relpath)
+            return EncodedDataset(tensors, blob["y"], blob["ids"], blob["properties"], blob["skipped"])
+        except Exception as err:  # a broken cache file is rebuilt, not fatal
+            log.warning("feature cache %s unreadable (%s); rebuilding", cache, err)
+    df = read_table(path, properties, limit)
+    ds = featurize_table(df, properties, max_sites, standardize, source=relpath)
+    if len(ds) == 0:
+        raise DatasetFormatError(
+            f"no usable rows in {relpath} (skipped: {ds.skipped}); check the file and data.max_sites"
+        )
+    blob = {
+        "z": ds.tensors.z,
+        "frac": ds.tensors.frac,
+        "lattice": ds.tensors.lattice,
+        "y": ds.y,
+        "ids": ds.ids,
+        "properties": ds.property_names,
+        "skipped": ds.skipped,
+    }
+    with atomic_path(cache) as tmp:
+        torch.save(blob, tmp)
+    return ds

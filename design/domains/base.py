@@ -1,0 +1,149 @@
+"""The domain interface: the only place that knows chemistry.
+
+A domain turns samples (crystal structures, molecules) into tensors and back, scores physical
+violations differentiably (``penalty``) and exactly (``check``), identifies duplicates
+(``fingerprint`` buckets + ``equivalent``), writes files, and supplies the domain-specific network
+parts that the domain-agnostic VAE-GAN composes. Trainer, sampler, filter and ranker only talk to
+this interface.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class EncodedDataset:
+    """Tensors of a dataset split plus its property labels.
+
+    ``tensors`` is the domain's hard tensor form (supports ``len``, ``subset``, ``to``);
+    ``y`` is [N, P] float32 in physical units, column order ``property_names``.
+    """
+
+    tensors: Any
+    y: torch.Tensor
+    ids: list[str]
+    property_names: list[str]
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, idx: torch.Tensor) -> EncodedDataset:
+        idx_list = idx.tolist()
+        return EncodedDataset(
+            self.tensors.subset(idx), self.y[idx], [self.ids[i] for i in idx_list], self.property_names, self.skipped
+        )
+
+
+@dataclass
+class DomainNetworks:
+    """Domain-specific network parts.
+
+    * ``encoder_body``: real batch -> [B, H] features.
+    * ``decoder_head``: [B, H] trunk output -> raw outputs (dict of tensors); it also provides
+      ``sample(raw, tau, generator, hard_only)`` -> soft batch and ``reconstruction_loss(raw, tensors)``.
+    * ``disc_body``: soft batch -> [B, F] features (permutation and rotation invariant).
+    """
+
+    encoder_body: nn.Module
+    decoder_head: nn.Module
+    disc_body: nn.Module
+    feature_dim: int
+
+
+@dataclass
+class Candidate:
+    """A generated object plus what the pipeline computed about it."""
+
+    id: str
+    obj: Any
+    scores: dict[str, float] = field(default_factory=dict)
+    check: Any = None
+
+    @property
+    def valid(self) -> bool:
+        return bool(self.check is not None and self.check.valid)
+
+
+class Domain(ABC):
+    """Interface every domain implements (see module docstring)."""
+
+    name: str
+
+    # -- data
+    @abstractmethod
+    def load_dataset(self, relpath: str, properties: list[str], limit: int | None = None) -> EncodedDataset: ...
+
+    @abstractmethod
+    def fit_state(self, train: EncodedDataset) -> dict:
+        """Statistics of the training data the networks need (scalers, allowed vocabulary); saved with weights."""
+
+    # -- tensors
+    @abstractmethod
+    def encode(self, samples: list) -> Any: ...
+
+    @abstractmethod
+    def decode(self, tensors: Any) -> list: ...
+
+    @abstractmethod
+    def real_batch(self, tensors: Any) -> Any:
+        """Hard tensors -> the soft batch form the discriminator and penalty take."""
+
+    @abstractmethod
+    def interpolate(self, real: Any, fake: Any, alpha: torch.Tensor) -> Any:
+        """Per-sample convex mix of two soft batches (for gradient penalties); alpha is [B]."""
+
+    @abstractmethod
+    def batch_to_tensors(self, batch: Any) -> Any:
+        """Soft batch -> hard tensors."""
+
+    # -- physics and checks
+    @abstractmethod
+    def build_penalty(self) -> nn.Module:
+        """Module mapping a soft batch to a [B] differentiable penalty (and ``.terms`` for its parts)."""
+
+    @abstractmethod
+    def check(self, obj: Any) -> Any:
+        """Exact validity report with ``.valid`` and ``.reasons``."""
+
+    @abstractmethod
+    def fast_valid(self, tensors: Any) -> torch.Tensor:
+        """[B] bool, a cheap tensor-level validity estimate for training monitors."""
+
+    @abstractmethod
+    def fingerprint(self, obj: Any) -> str:
+        """Bucket key: objects in different buckets are never equivalent."""
+
+    @abstractmethod
+    def equivalent(self, a: Any, b: Any) -> bool: ...
+
+    @abstractmethod
+    def monitor_keys(self, tensors: Any) -> list[str]:
+        """Cheap per-sample identity strings for the per-epoch uniqueness monitor."""
+
+    # -- networks
+    @abstractmethod
+    def build_networks(self, model_cfg: Any, state: dict) -> DomainNetworks: ...
+
+    # -- output
+    @abstractmethod
+    def describe(self, obj: Any) -> dict[str, Any]:
+        """Columns for the candidates table (formula, sizes, ...)."""
+
+    @abstractmethod
+    def write(self, candidates: list[Candidate], directory: Path) -> list[Path]:
+        """Write one structure file per candidate, named by candidate id; return the paths."""
+
+    @abstractmethod
+    def serialize(self, obj: Any) -> str:
+        """Text form stored in candidate tables (CIF, SMILES)."""
+
+    @abstractmethod
+    def deserialize(self, text: str) -> Any: ...

@@ -1,0 +1,153 @@
+"""The crystal domain: pymatgen ``Structure`` <-> fixed-size tensors, physics, checks, files."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from pymatgen.core import Structure
+
+from design.config import ModelConfig, PenaltyConfig
+from design.domains.base import Candidate, Domain, DomainNetworks, EncodedDataset
+from design.domains.crystal import checks, tensors
+from design.domains.crystal.elements import N_SPECIES, tables
+from design.domains.crystal.nets import CrystalDecoderHead, CrystalDiscBody, CrystalEncoderBody, LatticeScaler
+from design.domains.crystal.penalty import CrystalPenalty
+from design.domains.crystal.tensors import CrystalBatch, CrystalTensors
+from design.utils import atomic_write_text
+
+
+class CrystalDomain(Domain):
+    name = "crystal"
+
+    def __init__(
+        self, max_sites: int = 20, penalty: PenaltyConfig | None = None, max_elements_smact: int = 8
+    ):
+        self.max_sites = max_sites
+        self.penalty_cfg = penalty or PenaltyConfig()
+        self.max_elements_smact = max_elements_smact
+        self._matcher = None
+
+    # -- data
+    def load_dataset(self, relpath: str, properties: list[str], limit: int | None = None) -> EncodedDataset:
+        from design.data.crystals import load_crystal_dataset
+
+        return load_crystal_dataset(relpath, list(properties), self.max_sites, limit)
+
+    def fit_state(self, train: EncodedDataset) -> dict:
+        t: CrystalTensors = train.tensors
+        n = t.n_sites().float()
+        feats = LatticeScaler.raw_features(t.lattice.float(), n)
+        allowed = torch.zeros(N_SPECIES, dtype=torch.bool)
+        allowed[torch.unique(t.z)] = True
+        allowed[0] = True
+        return {
+            "max_sites": self.max_sites,
+            "lattice_mean": feats.mean(0).tolist(),
+            "lattice_std": feats.std(0).clamp(min=1e-3).tolist(),
+            "allowed_species": allowed.nonzero().squeeze(1).tolist(),
+        }
+
+    # -- tensors
+    def encode(self, samples: list[Structure]) -> CrystalTensors:
+        return tensors.encode(samples, self.max_sites)
+
+    def decode(self, t: CrystalTensors) -> list[Structure]:
+        return tensors.decode(t)
+
+    def real_batch(self, t: CrystalTensors) -> CrystalBatch:
+        return t.to_batch()
+
+    def interpolate(self, real: CrystalBatch, fake: CrystalBatch, alpha: torch.Tensor) -> CrystalBatch:
+        a = alpha.view(-1, 1, 1)
+        return CrystalBatch(
+            a * real.species + (1 - a) * fake.species,
+            a * real.frac + (1 - a) * fake.frac,
+            alpha.view(-1, 1) * real.lattice + (1 - alpha.view(-1, 1)) * fake.lattice,
+        )
+
+    def batch_to_tensors(self, batch: CrystalBatch) -> CrystalTensors:
+        return batch.to_tensors()
+
+    # -- physics and checks
+    def build_penalty(self) -> CrystalPenalty:
+        return CrystalPenalty(self.penalty_cfg, tables().as_torch())
+
+    def check(self, obj: Structure) -> checks.CrystalCheck:
+        return checks.check(obj, self.max_elements_smact)
+
+    def fast_valid(self, t: CrystalTensors) -> torch.Tensor:
+        """Structural validity on tensors: occupied-pair distances (27 images) > 0.5 A, volume > 0.1 A^3."""
+        occ = (t.z > 0).float()
+        d = tensors.image_distances(t.frac.float(), t.lattice.float())
+        pair = (occ[:, :, None] * occ[:, None, :])[..., None]
+        d = (d + 1e3 * (1 - pair)).masked_fill(tensors.self_pair_mask(t.max_sites, d.device), 1e3)
+        ok_dist = d.amin(dim=(1, 2, 3)) > checks.MIN_DISTANCE
+        ok_vol = tensors.cell_volume(t.lattice.float()) > checks.MIN_VOLUME
+        return ok_dist & ok_vol & (occ.sum(1) > 0)
+
+    def fingerprint(self, obj: Structure) -> str:
+        return obj.composition.reduced_formula
+
+    def equivalent(self, a: Structure, b: Structure) -> bool:
+        if self._matcher is None:
+            from pymatgen.analysis.structure_matcher import StructureMatcher
+
+            self._matcher = StructureMatcher()  # ltol 0.2, stol 0.3, angle_tol 5, as in CDVAE/DiffCSP
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return bool(self._matcher.fit(a, b))
+
+    def monitor_keys(self, t: CrystalTensors) -> list[str]:
+        """Sorted element list plus lattice lengths rounded to 0.1 A: a cheap identity for collapse monitors."""
+        keys = []
+        z = t.z.cpu().tolist()
+        lat = t.lattice[:, :3].cpu()
+        for zi, li in zip(z, lat, strict=True):
+            elems = ",".join(str(x) for x in sorted(x for x in zi if x > 0))
+            keys.append(elems + "|" + ",".join(f"{v:.1f}" for v in sorted(li.tolist())))
+        return keys
+
+    # -- networks
+    def build_networks(self, model_cfg: ModelConfig, state: dict) -> DomainNetworks:
+        allowed = torch.zeros(N_SPECIES, dtype=torch.bool)
+        allowed[state["allowed_species"]] = True
+        enc_scaler = LatticeScaler(state["lattice_mean"], state["lattice_std"])
+        dec_scaler = LatticeScaler(state["lattice_mean"], state["lattice_std"])
+        feature_dim = model_cfg.hidden
+        return DomainNetworks(
+            encoder_body=CrystalEncoderBody(model_cfg, enc_scaler),
+            decoder_head=CrystalDecoderHead(model_cfg, dec_scaler, state["max_sites"], allowed),
+            disc_body=CrystalDiscBody(model_cfg, feature_dim),
+            feature_dim=feature_dim,
+        )
+
+    # -- output
+    def describe(self, obj: Structure) -> dict[str, Any]:
+        return {
+            "formula": obj.composition.reduced_formula,
+            "n_sites": len(obj),
+            "n_elements": len(obj.composition.elements),
+            "density_gcc": round(float(obj.density), 4) if obj.volume > 0 else float("nan"),
+            "volume_per_atom": round(obj.volume / max(len(obj), 1), 4),
+        }
+
+    def serialize(self, obj: Structure) -> str:
+        return obj.to(fmt="cif")
+
+    def deserialize(self, text: str) -> Structure:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return Structure.from_str(text, fmt="cif")
+
+    def write(self, candidates: list[Candidate], directory: Path) -> list[Path]:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for c in candidates:
+            path = directory / f"{c.id}.cif"
+            atomic_write_text(path, self.serialize(c.obj))
+            paths.append(path)
+        return paths

@@ -1,0 +1,227 @@
+"""The fixed-size tensor form of crystals and its round trip to pymatgen ``Structure``.
+
+A crystal is a lattice plus up to ``S`` sites; empty slots are padding (species class 0).
+
+Two forms:
+
+* :class:`CrystalTensors` (storage, hard): ``z`` [N, S] atomic numbers (0 = empty),
+  ``frac`` [N, S, 3] fractional coordinates in [0, 1), ``lattice`` [N, 6] as
+  (a, b, c) in Angstrom and (alpha, beta, gamma) in degrees.
+* :class:`CrystalBatch` (model input, soft): ``species`` [B, S, V] class probabilities
+  (one-hot for real crystals, straight-through Gumbel samples for generated ones),
+  ``frac`` and ``lattice`` as above. Everything the discriminator and the physics penalty
+  compute is differentiable with respect to all three.
+
+Canonical form (``encode``): the spglib standard primitive cell (a consistent origin and
+orientation per space group), coordinates wrapped into [0, 1), sites sorted by Pauling
+electronegativity, then atomic number, then coordinates, so that cations come first and the
+same prototype fills the same slots.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from pymatgen.core import Lattice, Structure
+
+from design.domains.crystal.elements import N_SPECIES, tables
+
+log = logging.getLogger(__name__)
+
+
+class EncodeError(ValueError):
+    """A structure that does not fit the tensor form (the message says why)."""
+
+
+@dataclass
+class CrystalTensors:
+    """Hard, compact tensor form of N crystals (see module docstring for shapes and units)."""
+
+    z: torch.Tensor
+    frac: torch.Tensor
+    lattice: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.z.shape[0]
+
+    @property
+    def max_sites(self) -> int:
+        return self.z.shape[1]
+
+    def subset(self, idx: torch.Tensor | slice) -> CrystalTensors:
+        return CrystalTensors(self.z[idx], self.frac[idx], self.lattice[idx])
+
+    def to(self, device: torch.device | str) -> CrystalTensors:
+        return CrystalTensors(self.z.to(device), self.frac.to(device), self.lattice.to(device))
+
+    def to_batch(self) -> CrystalBatch:
+        species = torch.nn.functional.one_hot(self.z.long(), N_SPECIES).float()
+        return CrystalBatch(species, self.frac.float(), self.lattice.float())
+
+    def n_sites(self) -> torch.Tensor:
+        return (self.z > 0).sum(dim=1)
+
+
+@dataclass
+class CrystalBatch:
+    """Soft tensor form used by the networks and the penalty (shapes in the module docstring)."""
+
+    species: torch.Tensor  # [B, S, V]
+    frac: torch.Tensor  # [B, S, 3]
+    lattice: torch.Tensor  # [B, 6]
+
+    def __len__(self) -> int:
+        return self.species.shape[0]
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """[B, S] occupancy (1 - probability of the empty class)."""
+        return 1.0 - self.species[..., 0]
+
+    def detach(self) -> CrystalBatch:
+        return CrystalBatch(self.species.detach(), self.frac.detach(), self.lattice.detach())
+
+    def to_tensors(self) -> CrystalTensors:
+        """Hard form: most probable class per slot."""
+        return CrystalTensors(self.species.argmax(-1), self.frac.detach(), self.lattice.detach())
+
+
+# ----------------------------------------------------------------------------- lattice geometry
+def lattice_matrix(params: torch.Tensor) -> torch.Tensor:
+    """Lattice vectors as rows, [B, 3, 3] in Angstrom, from [B, 6] (a, b, c, alpha, beta, gamma in degrees).
+
+    Same convention as ``pymatgen.core.Lattice.from_parameters``; differentiable, and finite for
+    impossible angle triples (they give a flattened, near-zero-volume cell).
+    """
+    a, b, c = params[:, 0], params[:, 1], params[:, 2]
+    al, be, ga = (torch.deg2rad(params[:, i]) for i in (3, 4, 5))
+    ca, cb, cg = torch.cos(al), torch.cos(be), torch.cos(ga)
+    sa, sb = torch.sin(al), torch.sin(be)
+    val = ((ca * cb - cg) / (sa * sb).clamp(min=1e-6)).clamp(-1 + 1e-6, 1 - 1e-6)
+    sin_gs = torch.sqrt(1 - val**2)
+    zero = torch.zeros_like(a)
+    va = torch.stack([a * sb, zero, a * cb], -1)
+    vb = torch.stack([-b * sa * val, b * sa * sin_gs, b * ca], -1)
+    vc = torch.stack([zero, zero, c], -1)
+    return torch.stack([va, vb, vc], dim=1)
+
+
+def cell_volume(params: torch.Tensor) -> torch.Tensor:
+    """[B] cell volume in Angstrom^3 from [B, 6] parameters (0 for impossible angle triples)."""
+    ca, cb, cg = (torch.cos(torch.deg2rad(params[:, i])) for i in (3, 4, 5))
+    f = 1 - ca**2 - cb**2 - cg**2 + 2 * ca * cb * cg
+    return params[:, 0] * params[:, 1] * params[:, 2] * torch.sqrt(f.clamp(min=1e-12))
+
+
+_IMAGES = torch.tensor([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)], dtype=torch.float32)
+CENTER_IMAGE = 13  # index of (0, 0, 0) in _IMAGES
+
+
+def image_distances(frac: torch.Tensor, lattice: torch.Tensor) -> torch.Tensor:
+    """Distances between all site pairs over the 27 nearest periodic images.
+
+    Args:
+        frac: [B, S, 3] fractional coordinates.
+        lattice: [B, 6] lattice parameters.
+
+    Returns:
+        [B, S, S, 27] distances in Angstrom; entry (i, j, k) is |f_j - f_i + n_k| in Cartesian
+        space after wrapping f_j - f_i into [-0.5, 0.5). The pair (i, i) at image
+        ``CENTER_IMAGE`` is 0 and must be masked by callers.
+    """
+    mat = lattice_matrix(lattice)  # [B, 3, 3]
+    diff = frac[:, None, :, :] - frac[:, :, None, :]  # [B, S, S, 3]
+    diff = diff - torch.round(diff).detach()
+    cart = torch.einsum("bijx,bxy->bijy", diff, mat)  # [B, S, S, 3]
+    shifts = torch.einsum("kx,bxy->bky", _IMAGES.to(frac), mat)  # [B, 27, 3]
+    vec = cart[:, :, :, None, :] + shifts[:, None, None, :, :]  # [B, S, S, 27, 3]
+    return torch.sqrt((vec**2).sum(-1) + 1e-12)
+
+
+def self_pair_mask(n_sites: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """[S, S, 27] bool, True at (i, i, CENTER_IMAGE): the zero distance of a site to itself."""
+    m = torch.zeros(n_sites, n_sites, 27, dtype=torch.bool, device=device)
+    idx = torch.arange(n_sites, device=device)
+    m[idx, idx, CENTER_IMAGE] = True
+    return m
+
+
+# ----------------------------------------------------------------------------- encode / decode
+def canonical(structure: Structure, standardize: bool = True) -> Structure:
+    """Standard primitive cell (spglib, symprec 0.1 A) with wrapped coordinates; the input if spglib fails."""
+    s = structure
+    if standardize:
+        from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                prim = SpacegroupAnalyzer(structure, symprec=0.1).get_primitive_standard_structure()
+            if len(prim) <= len(structure) and prim.composition.reduced_formula == structure.composition.reduced_formula:
+                s = prim
+        except Exception:  # spglib gives up on some cells: keep the structure as it is
+            s = structure
+    return s
+
+
+def encode_structure(structure: Structure, max_sites: int, standardize: bool = True) -> tuple[np.ndarray, ...]:
+    """One structure -> (z [S], frac [S, 3], lattice [6]) numpy arrays; raises :class:`EncodeError`."""
+    if not structure.is_ordered:
+        raise EncodeError("partial occupancy (disordered sites) is not supported")
+    s = canonical(structure, standardize)
+    n = len(s)
+    if n == 0:
+        raise EncodeError("structure has no sites")
+    if n > max_sites:
+        raise EncodeError(f"{n} sites in the primitive cell, more than max_sites={max_sites}")
+    z = np.array([site.specie.Z for site in s], dtype=np.int64)
+    if z.max() >= N_SPECIES:
+        raise EncodeError(f"element with Z={z.max()} is beyond the supported Z<={N_SPECIES - 1}")
+    frac = np.mod(s.frac_coords, 1.0)
+    frac[np.isclose(frac, 1.0, atol=1e-8)] = 0.0
+    chi = tables().electronegativity[z]
+    order = np.lexsort((frac[:, 2], frac[:, 1], frac[:, 0], z, chi))
+    zs = np.zeros(max_sites, dtype=np.int64)
+    fs = np.zeros((max_sites, 3), dtype=np.float32)
+    zs[:n] = z[order]
+    fs[:n] = frac[order]
+    lat = np.array(s.lattice.parameters, dtype=np.float32)
+    if not np.all(np.isfinite(lat)) or s.volume <= 0:
+        raise EncodeError("degenerate lattice")
+    return zs, fs, lat
+
+
+def encode(structures: list[Structure], max_sites: int, standardize: bool = True) -> CrystalTensors:
+    """Encode structures that all fit; raises :class:`EncodeError` on the first one that does not."""
+    parts = [encode_structure(s, max_sites, standardize) for s in structures]
+    return stack(parts, max_sites)
+
+
+def stack(parts: list[tuple[np.ndarray, ...]], max_sites: int) -> CrystalTensors:
+    if not parts:
+        return CrystalTensors(
+            torch.zeros(0, max_sites, dtype=torch.long), torch.zeros(0, max_sites, 3), torch.zeros(0, 6)
+        )
+    z = torch.from_numpy(np.stack([p[0] for p in parts]))
+    frac = torch.from_numpy(np.stack([p[1] for p in parts]))
+    lat = torch.from_numpy(np.stack([p[2] for p in parts]))
+    return CrystalTensors(z, frac, lat)
+
+
+def decode(tensors: CrystalTensors) -> list[Structure]:
+    """Hard tensors -> pymatgen structures (empty slots dropped). Always returns one structure per row."""
+    z = tensors.z.cpu().numpy()
+    frac = tensors.frac.detach().cpu().double().numpy()
+    lat = tensors.lattice.detach().cpu().double().numpy()
+    out = []
+    for zi, fi, li in zip(z, frac, lat, strict=True):
+        keep = zi > 0
+        params = [float(x) if math.isfinite(x) else 1e-3 for x in li]
+        lattice = Lattice.from_parameters(*params)
+        out.append(Structure(lattice, zi[keep].tolist(), np.mod(fi[keep], 1.0), coords_are_cartesian=False))
+    return out

@@ -1,0 +1,1 @@
+"""Sample -> decode -> filter -> rank: the discovery loop's steps as plain functions."""

@@ -1,0 +1,138 @@
+"""The discovery loop's steps, as plain functions over files (Prefect tasks wrap them one to one).
+
+A campaign directory holds, per round ``k``:
+
+* ``round_k/generated.csv.gz``: every sample with scores and validity flags,
+* ``round_k/accepted.csv.gz``: those passing the filters (valid, unique against all earlier
+  rounds, novel against the training set), and ``round_k/counts.json``;
+
+and at the end ``ranked.csv`` (all accepted candidates, best first) plus ``top/<id>.cif`` files.
+Each file is written atomically, so a round whose files exist is finished and a rerun of the same
+campaign resumes after it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+
+from design.api import Generator
+from design.config import RunConfig
+from design.domains.base import Domain
+from design.generation.filtering import FilterCounts, ReferenceIndex, annotate, select
+from design.generation.ranking import rank_table
+from design.generation.tables import TEXT_COLUMN, from_table, read_table, to_table, write_table
+from design.utils import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+def round_dir(out_dir: Path, k: int) -> Path:
+    return Path(out_dir) / f"round_{k:02d}"
+
+
+def round_seed(config: RunConfig, k: int) -> int:
+    return config.seed * 1000 + k
+
+
+def generate_round(generator: Generator, config: RunConfig, k: int, out_dir: Path) -> Path:
+    """Sample, decode and check ``generate.n_per_round`` candidates; write ``generated.csv.gz``."""
+    path = round_dir(out_dir, k) / "generated.csv.gz"
+    t0 = time.time()
+    batch = generator.sample(config.generate.n_per_round, seed=round_seed(config, k), target=config.generate.target)
+    cands = generator.candidates(batch, id_prefix=f"r{k:02d}-")
+    write_table(to_table(cands, generator.domain, round_index=k), path)
+    log.info("round %d: generated %d candidates in %.1fs", k, len(cands), time.time() - t0)
+    return path
+
+
+def reference_index(domain: Domain, config: RunConfig) -> ReferenceIndex:
+    """The training structures, bucketed for novelty tests."""
+    train = domain.load_dataset(config.data.train, list(config.data.properties), config.data.limit)
+    return ReferenceIndex.build(domain, domain.decode(train.tensors))
+
+
+def seen_index(domain: Domain, out_dir: Path, before_round: int) -> ReferenceIndex:
+    """Candidates accepted in rounds before ``before_round``."""
+    seen = ReferenceIndex(domain)
+    for k in range(before_round):
+        path = round_dir(out_dir, k) / "accepted.csv.gz"
+        if path.is_file():
+            for c in from_table(read_table(path), domain):
+                seen.add(c.obj)
+    return seen
+
+
+def filter_round(domain: Domain, config: RunConfig, k: int, out_dir: Path, reference: ReferenceIndex) -> dict:
+    """Annotate uniqueness/novelty, keep what passes the filters; write ``accepted.csv.gz`` and ``counts.json``."""
+    rdir = round_dir(out_dir, k)
+    table = read_table(rdir / "generated.csv.gz")
+    cands = from_table(table, domain)
+    # validity was decided when generated: reuse those flags rather than recheck
+    checks = {row.id: row for row in table.itertuples(index=False)}
+    for c in cands:
+        c.check = _StoredCheck(checks[c.id])
+    t0 = time.time()
+    counts = annotate(cands, domain, reference, seen_index(domain, out_dir, k))
+    kept = select(cands, config.filter.require_valid, config.filter.require_unique, config.filter.require_novel)
+    kept_ids = {c.id for c in kept}
+    flags = {c.id: (c.scores["unique"], c.scores["novel"]) for c in cands}
+    table["unique"] = [bool(flags[i][0]) for i in table["id"]]
+    table["novel"] = [bool(flags[i][1]) for i in table["id"]]
+    write_table(table[table["id"].isin(kept_ids)], rdir / "accepted.csv.gz")
+    metrics = _round_metrics(counts, table, len(kept))
+    atomic_write_text(rdir / "counts.json", json.dumps(metrics, indent=2))
+    log.info("round %d: %s (filter %.1fs)", k, {k2: metrics[k2] for k2 in ("generated", "valid", "unique", "novel")},
+             time.time() - t0)
+    return metrics
+
+
+class _StoredCheck:
+    """Validity flags read back from a generated table."""
+
+    def __init__(self, row):
+        self.structural = bool(row.structural_valid)
+        self.compositional = bool(row.compositional_valid)
+        self.reasons = tuple(r for r in str(row.reasons or "").split("; ") if r)
+
+    @property
+    def valid(self) -> bool:
+        return self.structural and self.compositional
+
+
+def _round_metrics(counts: FilterCounts, table: pd.DataFrame, accepted: int) -> dict:
+    m = {**asdict(counts), **counts.rates(), "accepted": accepted}
+    valid = table[table["valid"]]
+    m["mean_realism"] = float(table["realism"].mean())
+    m["mean_penalty"] = float(table["penalty"].mean())
+    m["mean_realism_valid"] = float(valid["realism"].mean()) if len(valid) else float("nan")
+    return m
+
+
+def rank_campaign(domain: Domain, config: RunConfig, rounds: int, out_dir: Path) -> pd.DataFrame:
+    """Rank every accepted candidate of the campaign; write ``ranked.csv`` and ``top/<id>.cif``."""
+    out_dir = Path(out_dir)
+    tables = [read_table(p) for k in range(rounds) if (p := round_dir(out_dir, k) / "accepted.csv.gz").is_file()]
+    tables = [t for t in tables if len(t)]
+    accepted = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    if accepted.empty:
+        ranked = pd.DataFrame(columns=["rank", "id", "score"])
+        write_table(ranked, out_dir / "ranked.csv")
+        return ranked
+    ranked = rank_table(accepted, config.rank, config.generate.target)
+    top = ranked.head(config.rank.top_k)
+    top_dir = out_dir / "top"
+    if top_dir.is_dir():  # a rerun must not leave files of an earlier ranking behind
+        for stale in top_dir.iterdir():
+            stale.unlink()
+    domain.write(from_table(top, domain), top_dir)
+    ranked = ranked.drop(columns=[TEXT_COLUMN])
+    cols = ["rank", "id", "score"] + [c for c in ranked.columns if c not in ("rank", "id", "score")]
+    ranked = ranked[cols]
+    write_table(ranked, out_dir / "ranked.csv")
+    return ranked

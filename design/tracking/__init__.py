@@ -1,0 +1,1 @@
+"""Experiment tracking with MLflow (store, run contents, model registry)."""

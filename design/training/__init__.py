@@ -1,0 +1,1 @@
+"""Training of the VAE-GAN: losses, loop, checkpoints."""

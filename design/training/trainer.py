@@ -1,0 +1,292 @@
+"""VAE-GAN training loop: domain-agnostic, seeded, resumable, with per-epoch collapse monitors.
+
+Per batch of real samples x with standardised properties y:
+
+* discriminator step(s): adversarial loss on x vs prior samples G(z ~ N(0, I), c ~ data) plus the
+  auxiliary property loss on real data (its property head learns y from x);
+* encoder/generator step:
+  ``reconstruction(G(z|x, y), x) + beta * KL + fm * |D_feat(x) - D_feat(x_rec)|^2
+  + adv * L_G(D(G(z, c))) + cond * |D_prop(G(z, c)) - c|^2 + lambda * penalty(G(z, c), x_rec)``.
+
+Every epoch appends a history row (mean losses, monitors on a fixed latent sample: uniqueness,
+fast structural validity, mean penalty, realism gap) and writes ``last.pt`` (weights, optimiser
+and RNG state), so a killed run resumes where it stopped. The finished generator is ``generator.pt``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from design.config import RunConfig
+from design.domains.base import Domain, EncodedDataset
+from design.models import VAEGAN, build_model
+from design.training.checkpoint import load_checkpoint, save_checkpoint
+from design.training.losses import get_loss
+from design.utils import resolve_device, seed_everything
+
+log = logging.getLogger(__name__)
+
+FINAL_NAME = "generator.pt"
+RESUME_NAME = "last.pt"
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    history: list[dict[str, float]]
+    wall_s: float
+    resumed_from_epoch: int
+
+
+def _kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)).mean()
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, domain: Domain, train: EncodedDataset, workdir: str | Path):
+        self.config = config
+        self.domain = domain
+        self.train_data = train
+        self.workdir = Path(workdir)
+        self.device = resolve_device(config.train.device)
+        self.gan = get_loss(config.train.gan_loss)
+
+    # ------------------------------------------------------------------ setup
+    def _setup(self) -> None:
+        cfg = self.config
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        seed_everything(cfg.seed)
+        self.state = self.domain.fit_state(self.train_data)
+        y = self.train_data.y
+        self.y_mean = y.mean(0)
+        self.y_std = y.std(0).clamp(min=1e-6) if len(y) > 1 else torch.ones(y.shape[1])
+        self.model: VAEGAN = build_model(cfg, self.domain, self.state).to(self.device)
+        self.penalty = self.domain.build_penalty().to(self.device)
+        gen_params = [*self.model.encoder.parameters(), *self.model.generator.parameters()]
+        self.opt_g = torch.optim.Adam(gen_params, lr=cfg.train.lr_g, betas=(0.5, 0.999))
+        self.opt_d = torch.optim.Adam(self.model.discriminator.parameters(), lr=cfg.train.lr_d, betas=(0.5, 0.999))
+        self.ystd_all = ((y - self.y_mean) / self.y_std).to(self.device)
+        self.tensors_all = self.train_data.tensors.to(self.device)
+        g = torch.Generator().manual_seed(cfg.seed + 7919)
+        m = min(cfg.train.monitor_samples, len(self.train_data))
+        self.monitor_z = torch.randn(cfg.train.monitor_samples, cfg.model.latent_dim, generator=g).to(self.device)
+        cidx = torch.randint(len(self.train_data), (cfg.train.monitor_samples,), generator=g)
+        self.monitor_c = self.ystd_all[cidx.to(self.device)]
+        self.monitor_real = torch.arange(m, device=self.device)
+        bank = torch.randperm(len(self.train_data), generator=g)[:4096]
+        self.condition_bank = self.ystd_all[bank.to(self.device)].detach().cpu()
+
+    def payload(self, epoch: int, history: list[dict], complete: bool, with_optim: bool) -> dict[str, Any]:
+        blob = {
+            "config": self.config.model_dump(mode="json"),
+            "domain": self.domain.name,
+            "state": self.state,
+            "property_names": list(self.train_data.property_names),
+            "property_mean": self.y_mean.tolist(),
+            "property_std": self.y_std.tolist(),
+            "condition_bank": self.condition_bank,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "history": history,
+            "epoch": epoch,
+            "complete": complete,
+            "train_info": {
+                "n_train": len(self.train_data),
+                "skipped_rows": dict(self.train_data.skipped),
+                "device": str(self.device),
+                "torch": str(torch.__version__),
+            },
+        }
+        if with_optim:
+            blob["optim_g"] = self.opt_g.state_dict()
+            blob["optim_d"] = self.opt_d.state_dict()
+            blob["rng"] = torch.get_rng_state()
+        return blob
+
+    def _try_resume(self) -> tuple[int, list[dict]]:
+        path = self.workdir / RESUME_NAME
+        if not path.is_file():
+            return 0, []
+        blob = load_checkpoint(path)
+        if blob["config"] != self.config.model_dump(mode="json"):
+            log.warning("%s was written for another config; starting afresh", path)
+            return 0, []
+        self.model.load_state_dict(blob["model"])
+        self.opt_g.load_state_dict(blob["optim_g"])
+        self.opt_d.load_state_dict(blob["optim_d"])
+        torch.set_rng_state(blob["rng"])
+        log.info("resuming training at epoch %d from %s", blob["epoch"] + 1, path)
+        return int(blob["epoch"]), list(blob["history"])
+
+    # ------------------------------------------------------------------ steps
+    def _prior(self, n: int, y: torch.Tensor):
+        z = torch.randn(n, self.config.model.latent_dim, device=self.device)
+        c = y[torch.randperm(len(y), device=self.device)]
+        return z, c
+
+    def _sample(self, raw):
+        return self.model.generator.head.sample(raw, tau=self.config.train.gumbel_tau)
+
+    def _d_step(self, real, y, adv_on: bool) -> dict[str, float]:
+        tc = self.config.train
+        D = self.model.discriminator
+        out: dict[str, float] = {}
+        for _ in range(tc.n_critic):
+            with torch.no_grad():
+                z, c = self._prior(len(y), y)
+                fake = self._sample(self.model.generator(z, c)).detach()
+            d_real = D(real)
+            loss = tc.prop_weight * F.mse_loss(d_real.properties, y)
+            out["d_prop"] = float(loss.detach()) / max(tc.prop_weight, 1e-12)
+            if adv_on:
+                d_fake = D(fake)
+                adv = self.gan.d_loss(d_real.realism, d_fake.realism, tc.label_smoothing)
+                loss = loss + adv
+                out["d_adv"] = float(adv.detach())
+                if self.gan.needs_gradient_penalty:
+                    gp = self._gradient_penalty(real, fake)
+                    loss = loss + tc.gp_weight * gp
+                    out["d_gp"] = float(gp.detach())
+            if not torch.isfinite(loss):
+                out["skipped_steps"] = out.get("skipped_steps", 0) + 1
+                continue
+            self.opt_d.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(D.parameters(), tc.grad_clip)
+            self.opt_d.step()
+        return out
+
+    def _gradient_penalty(self, real, fake) -> torch.Tensor:
+        alpha = torch.rand(len(real), device=self.device)
+        mixed = self.domain.interpolate(real, fake, alpha)
+        leaves = [t for t in vars(mixed).values() if torch.is_tensor(t)]
+        for t in leaves:
+            t.requires_grad_(True)
+        score = self.model.discriminator(mixed).realism
+        grads = torch.autograd.grad(score.sum(), leaves, create_graph=True)
+        norm = torch.sqrt(sum(g.pow(2).flatten(1).sum(1) for g in grads) + 1e-12)
+        return ((norm - 1.0) ** 2).mean()
+
+    def _g_step(self, t, real, y, epoch: int, adv_on: bool) -> dict[str, float]:
+        tc = self.config.train
+        m = self.model
+        D = m.discriminator
+        D.requires_grad_(False)
+        try:
+            mu, logvar = m.encoder(t)
+            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+            raw = m.generator(z, y)
+            rec = m.generator.head.reconstruction_loss(raw, t)
+            kl = _kl(mu, logvar)
+            warm = min(1.0, (epoch + 1) / tc.kl_warmup_epochs) if tc.kl_warmup_epochs else 1.0
+            loss = sum(rec.values()) + tc.beta_kl * warm * kl
+            x_rec = self._sample(raw)
+            out = {f"rec_{k}": float(v.detach()) for k, v in rec.items()}
+            out["kl"] = float(kl.detach())
+            with torch.no_grad():
+                d_real = D(real)
+            if tc.fm_weight > 0:
+                fm = F.mse_loss(D(x_rec).features, d_real.features)
+                loss = loss + tc.fm_weight * fm
+                out["fm"] = float(fm.detach())
+            zp, cp = self._prior(len(y), y)
+            fake = self._sample(m.generator(zp, cp))
+            cond_on = tc.cond_weight > 0 and epoch >= tc.adv_start_epoch
+            if adv_on or cond_on:
+                d_fake = D(fake)
+                if adv_on:
+                    g_adv = self.gan.g_loss(d_fake.realism, d_real.realism)
+                    loss = loss + tc.adv_weight * g_adv
+                    out["g_adv"] = float(g_adv.detach())
+                if cond_on:
+                    g_prop = F.mse_loss(d_fake.properties, cp)
+                    loss = loss + tc.cond_weight * g_prop
+                    out["g_prop"] = float(g_prop.detach())
+            pen = 0.5 * (self.penalty(fake).mean() + self.penalty(x_rec).mean())
+            out["penalty"] = float(pen.detach())
+            if tc.penalty_weight > 0:
+                loss = loss + tc.penalty_weight * pen
+            out["g_total"] = float(loss.detach())
+            if not torch.isfinite(loss):
+                out["skipped_steps"] = 1
+                return out
+            self.opt_g.zero_grad(set_to_none=True)
+            loss.backward()
+            params = [p for grp in self.opt_g.param_groups for p in grp["params"]]
+            torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+            self.opt_g.step()
+            return out
+        finally:
+            D.requires_grad_(True)
+
+    @torch.no_grad()
+    def monitors(self) -> dict[str, float]:
+        """Collapse monitors on a fixed latent sample (same z every epoch)."""
+        m = self.model
+        m.eval()
+        try:
+            fake = self._sample(m.generator(self.monitor_z, self.monitor_c))
+            hard = self.domain.batch_to_tensors(fake)
+            keys = self.domain.monitor_keys(hard)
+            real = self.domain.real_batch(self.tensors_all.subset(self.monitor_real))
+            gap = m.discriminator(real).realism.mean() - m.discriminator(fake).realism.mean()
+            return {
+                "mon_unique": len(set(keys)) / len(keys),
+                "mon_valid": float(self.domain.fast_valid(hard).float().mean()),
+                "mon_penalty": float(self.penalty(fake).mean()),
+                "mon_realism_gap": float(gap),
+            }
+        finally:
+            m.train()
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> TrainResult:
+        t0 = time.time()
+        self._setup()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        cfg, tc = self.config, self.config.train
+        start, history = self._try_resume()
+        n = len(self.train_data)
+        bs = min(tc.batch_size, n)
+        for epoch in range(start, tc.epochs):
+            te = time.time()
+            adv_on = tc.adv_weight > 0 and epoch >= tc.adv_start_epoch
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
+            sums: dict[str, float] = defaultdict(float)
+            steps = 0
+            for i in range(0, n - bs + 1, bs):
+                idx = perm[i : i + bs].to(self.device)
+                t = self.tensors_all.subset(idx)
+                y = self.ystd_all[idx]
+                real = self.domain.real_batch(t)
+                parts = self._d_step(real, y, adv_on) if (adv_on or tc.prop_weight > 0) else {}
+                parts.update(self._g_step(t, real, y, epoch, adv_on))
+                for k, v in parts.items():
+                    sums[k] += v
+                steps += 1
+            row = {k: v / steps for k, v in sums.items() if k != "skipped_steps"}
+            row["skipped_steps"] = sums.get("skipped_steps", 0.0)
+            row.update(self.monitors())
+            row["epoch"] = epoch + 1
+            row["time_s"] = time.time() - te
+            history.append(row)
+            log.info(
+                "epoch %d/%d  rec_species=%.3f rec_coords=%.3f kl=%.2f penalty=%.3f unique=%.2f valid=%.2f (%.1fs)",
+                epoch + 1, tc.epochs, row.get("rec_species", 0), row.get("rec_coords", 0), row.get("kl", 0),
+                row.get("penalty", 0), row["mon_unique"], row["mon_valid"], row["time_s"],
+            )
+            save_checkpoint(self.workdir / RESUME_NAME, self.payload(epoch + 1, history, False, with_optim=True))
+        wall = time.time() - t0
+        final = self.payload(tc.epochs, history, True, with_optim=False)
+        final["train_info"]["wall_s"] = wall
+        path = save_checkpoint(self.workdir / FINAL_NAME, final)
+        (self.workdir / RESUME_NAME).unlink(missing_ok=True)
+        return TrainResult(path, history, wall, start)

@@ -1,0 +1,1 @@
+"""Prefect flows and the `invdes` command line: thin orchestration over design/."""

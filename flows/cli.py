@@ -1,0 +1,144 @@
+"""``invdes``: the command line. Thin: it parses arguments, sets up logging and calls flows or the API.
+
+    invdes discover --config configs/crystal.yaml [--out DIR] [--set train.epochs=5 ...]
+    invdes train    --config configs/crystal.yaml [--force] [--set ...]
+    invdes generate --model models:/crystal-generator@champion --n 100 --seed 0 --out DIR
+                    [--target formation_energy_per_atom=-2.0] [--valid-only]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from design.config import ConfigError, RunConfig, load_config
+
+
+def _overrides(pairs: list[str]) -> dict:
+    """``a.b=value`` strings -> nested dict (values parsed as YAML scalars)."""
+    out: dict = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set {pair!r} is not KEY=VALUE; write e.g. --set train.epochs=5")
+        key, value = pair.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(value)
+    return out
+
+
+def _config(args) -> RunConfig:
+    return load_config(args.config, _overrides(args.set or []))
+
+
+def _targets(pairs: list[str] | None) -> dict[str, float] | None:
+    if not pairs:
+        return None
+    out = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise ConfigError(f"--target {pair!r} must be PROPERTY=NUMBER, e.g. formation_energy_per_atom=-2.0") from None
+    return out
+
+
+def cmd_discover(args) -> int:
+    from flows.discover import discover
+
+    config = _config(args)
+    summary = discover(config.model_dump(mode="json"), args.out)
+    final = summary["rounds"][-1]
+    print(json.dumps({k: summary[k] for k in ("run_id", "out_dir", "model_uri", "model_version", "ranked", "wall_s")}, indent=2))
+    print(
+        f"final round: generated {final['generated']}, structural validity {final['structural_validity']:.3f}, "
+        f"compositional validity {final['compositional_validity']:.3f}, uniqueness {final['uniqueness']:.3f}, "
+        f"novelty {final['novelty']:.3f}"
+    )
+    return 0
+
+
+def cmd_train(args) -> int:
+    from flows.train import train_generator
+
+    config = _config(args)
+    path = train_generator(config.model_dump(mode="json"), force=args.force)
+    print(path)
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from design.api import load_generator
+    from design.generation.tables import to_table, write_table
+
+    gen = load_generator(args.model)
+    cands = gen.generate(args.n, seed=args.seed, target=_targets(args.target), valid_only=args.valid_only)
+    out = Path(args.out)
+    paths = gen.domain.write(cands, out / "structures")
+    table = to_table(cands, gen.domain, text=False)
+    table["file"] = [str(p.relative_to(out)) for p in paths]
+    write_table(table, out / "candidates.csv")
+    valid = sum(c.valid for c in cands)
+    print(f"wrote {len(cands)} candidates ({valid} valid) to {out / 'candidates.csv'} and {out / 'structures'}/")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="invdes", description="Adversarial inverse design of crystals.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("discover", help="train or reuse a generator, then generate -> filter -> rank; log to MLflow")
+    d.add_argument("--config", required=True, help="YAML run config, e.g. configs/crystal.yaml")
+    d.add_argument("--out", help="campaign directory (default: <output.dir>/<name>); reruns resume here")
+    d.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value")
+    d.set_defaults(func=cmd_discover)
+
+    t = sub.add_parser("train", help="train the generator of a config (reused if already trained)")
+    t.add_argument("--config", required=True)
+    t.add_argument("--force", action="store_true", help="retrain even if a matching generator exists")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE")
+    t.set_defaults(func=cmd_train)
+
+    g = sub.add_parser("generate", help="sample candidates from a trained generator")
+    g.add_argument("--model", required=True, help="models:/crystal-generator@champion, runs:/..., or a checkpoint path")
+    g.add_argument("--n", type=int, required=True)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", required=True)
+    g.add_argument("--target", action="append", metavar="PROPERTY=VALUE", help="condition on a property value")
+    g.add_argument("--valid-only", action="store_true", help="sample until N candidates pass the exact checks")
+    g.set_defaults(func=cmd_generate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # the local Prefect server otherwise tries to reach its telemetry service at every start
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("urllib3", "matplotlib", "alembic", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except (ConfigError, ValueError, TypeError, FileNotFoundError) as err:
+        if args.verbose:
+            raise
+        print(f"invdes: error: {err}\n(run with -v for the traceback)", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

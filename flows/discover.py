@@ -1,0 +1,131 @@
+"""Prefect flow ``discover``: reuse or train a generator, then rounds of generate -> filter -> rank.
+
+Everything is recorded in one MLflow run: the resolved config as params, the generator's
+per-epoch losses and monitors (``train/*``), per-round metrics, the ranked candidates as a table
+and CSV, the top candidates' structure files, and the generator as a registered model with an
+alias. A campaign directory whose rounds already finished (same ``--out``) resumes at the next round.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+
+from design.config import config_from_dict, generator_key
+from design.utils import atomic_write_text
+from flows.train import train_generator
+
+
+@task(name="generate-round", retries=1, retry_delay_seconds=2)
+def generate_round_task(checkpoint: str, config_data: dict, k: int, out_dir: str) -> str:
+    from design.api import Generator
+    from design.generation.loop import generate_round
+
+    config = config_from_dict(config_data)
+    return str(generate_round(Generator.from_checkpoint(checkpoint), config, k, Path(out_dir)))
+
+
+@task(name="filter-round", retries=1, retry_delay_seconds=2)
+def filter_round_task(config_data: dict, k: int, out_dir: str) -> dict:
+    from design.domains import build_domain
+    from design.generation.loop import filter_round, reference_index
+
+    config = config_from_dict(config_data)
+    domain = build_domain(config)
+    return filter_round(domain, config, k, Path(out_dir), reference_index(domain, config))
+
+
+@task(name="rank-candidates", retries=1, retry_delay_seconds=2)
+def rank_task(config_data: dict, out_dir: str) -> str:
+    from design.domains import build_domain
+    from design.generation.loop import rank_campaign
+
+    config = config_from_dict(config_data)
+    rank_campaign(build_domain(config), config, config.generate.rounds, Path(out_dir))
+    return str(Path(out_dir) / "ranked.csv")
+
+
+def _finished_round(out_dir: Path, k: int) -> dict | None:
+    from design.generation.loop import round_dir
+
+    counts = round_dir(out_dir, k) / "counts.json"
+    accepted = round_dir(out_dir, k) / "accepted.csv.gz"
+    if counts.is_file() and accepted.is_file():
+        return json.loads(counts.read_text())
+    return None
+
+
+@flow(name="discover")
+def discover(config: dict, out_dir: str | None = None) -> dict:
+    """Run a discovery campaign for ``config`` (a validated RunConfig as a dict); return a summary."""
+    import mlflow
+
+    from design.generation.tables import read_table
+    from design.tracking import store
+
+    logger = get_run_logger()
+    cfg = config_from_dict(config)
+    cfg_data = cfg.model_dump(mode="json")
+    out = Path(out_dir or Path(cfg.output.dir) / cfg.name).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.json", cfg.model_dump_json(indent=2))
+    t0 = time.time()
+
+    checkpoint = train_generator(cfg_data)
+
+    experiment_id = store.setup(cfg.tracking.uri, cfg.tracking.experiment)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}") as run:
+        mlflow.log_params(store.flatten(cfg_data))
+        mlflow.set_tags({"generator_key": generator_key(cfg), "domain": cfg.domain, "out_dir": str(out)})
+        from design.training.checkpoint import load_checkpoint
+
+        history = load_checkpoint(checkpoint)["history"]
+        store.log_metrics_series(history, step_key="epoch", prefix="train/")
+
+        rounds = []
+        for k in range(cfg.generate.rounds):
+            metrics = _finished_round(out, k)
+            if metrics is not None:
+                logger.info("round %d already finished in %s; reusing it", k, out)
+            else:
+                generate_round_task(checkpoint, cfg_data, k, str(out))
+                metrics = filter_round_task(cfg_data, k, str(out))
+            rounds.append({"round": k, **metrics})
+            store.log_metrics_series([rounds[-1]], step_key="round", prefix="round/")
+
+        ranked_path = Path(rank_task(cfg_data, str(out)))
+        ranked = read_table(ranked_path)
+        store.log_candidates(ranked, out, out / "top")
+        version = store.register_generator(
+            Path(checkpoint),
+            cfg.tracking.registered_model,
+            cfg.tracking.alias,
+            tags={"generator_key": generator_key(cfg), "run_id": run.info.run_id},
+        )
+        wall = time.time() - t0
+        final = rounds[-1]
+        summary = {
+            "run_id": run.info.run_id,
+            "experiment_id": experiment_id,
+            "tracking_uri": mlflow.get_tracking_uri(),
+            "out_dir": str(out),
+            "checkpoint": checkpoint,
+            "model_uri": f"models:/{cfg.tracking.registered_model}@{cfg.tracking.alias}",
+            "model_version": version,
+            "rounds": rounds,
+            "ranked": len(ranked),
+            "wall_s": wall,
+        }
+        mlflow.log_metrics({"wall_s": wall, "ranked_candidates": len(ranked)})
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+        mlflow.log_artifact(str(out / "summary.json"))
+    logger.info(
+        "discover finished in %.0fs: final round generated %d, structural validity %.3f, compositional validity "
+        "%.3f, uniqueness %.3f, novelty %.3f; %d ranked candidates in %s",
+        wall, final["generated"], final["structural_validity"], final["compositional_validity"],
+        final["uniqueness"], final["novelty"], len(ranked), out,
+    )
+    return summary

@@ -1,0 +1,101 @@
+import pytest
+import torch
+
+from design import load_generator
+from design.api import CrystalCandidate
+from design.training.checkpoint import CheckpointError
+
+
+@pytest.fixture(scope="module")
+def gen(tiny_checkpoint):
+    return load_generator(tiny_checkpoint)
+
+
+def test_same_seed_same_structures(gen):
+    a = gen.generate(12, seed=3)
+    b = gen.generate(12, seed=3)
+    c = gen.generate(12, seed=4)
+    assert [x.structure.as_dict() for x in a] == [x.structure.as_dict() for x in b]
+    assert [x.structure.as_dict() for x in a] != [x.structure.as_dict() for x in c]
+
+
+def test_candidates_carry_structure_ase_and_scores(gen):
+    cands = gen.generate(5, seed=0)
+    assert len(cands) == 5
+    for c in cands:
+        assert isinstance(c, CrystalCandidate)
+        atoms = c.to_ase()
+        assert len(atoms) == len(c.structure) >= 1
+        assert atoms.pbc.all()
+        assert {"realism", "penalty", "pred_formation_energy_per_atom"} <= set(c.scores)
+        assert 0.0 <= c.scores["realism"] <= 1.0
+        assert c.check is not None and isinstance(c.valid, bool)
+    assert len({c.id for c in cands}) == 5
+
+
+def test_target_conditioning_changes_samples(gen):
+    lo = gen.sample(32, seed=1, target={"formation_energy_per_atom": -3.0})
+    hi = gen.sample(32, seed=1, target={"formation_energy_per_atom": 0.0})
+    assert not torch.equal(lo.tensors.lattice, hi.tensors.lattice)
+
+
+@pytest.mark.parametrize(
+    "kwargs, err, match",
+    [
+        ({"n": 0}, ValueError, "positive"),
+        ({"n": -3}, ValueError, "positive"),
+        ({"n": 2.5}, TypeError, "int"),
+        ({"n": 2, "target": {"band_gap": 1.0}}, ValueError, "unknown target property 'band_gap'"),
+        ({"n": 2, "target": {"formation_energy_per_atom": float("nan")}}, ValueError, "finite"),
+        ({"n": 2, "target": [1.0]}, TypeError, "dict"),
+        ({"n": 2, "temperature": 0.0}, ValueError, "temperature"),
+    ],
+)
+def test_bad_arguments_rejected(gen, kwargs, err, match):
+    with pytest.raises(err, match=match):
+        gen.generate(**kwargs)
+
+
+def test_valid_only_keeps_sampling_until_enough_pass(gen, monkeypatch):
+    from design.domains.crystal.checks import CrystalCheck
+
+    calls = {"n": 0}
+
+    def every_fifth(obj):  # a stand-in judge: one candidate in five passes
+        calls["n"] += 1
+        ok = calls["n"] % 5 == 0
+        return CrystalCheck(structural=ok, compositional=ok, reasons=() if ok else ("stand-in",))
+
+    monkeypatch.setattr(gen.domain, "check", every_fifth)
+    cands = gen.generate(7, seed=0, valid_only=True)
+    assert len(cands) == 7 and all(c.valid for c in cands)
+    assert [c.id for c in cands] == [f"s0-{i:06d}" for i in range(7)]
+    monkeypatch.setattr(gen.domain, "check", lambda obj: CrystalCheck(False, False, ("never",)))
+    with pytest.raises(RuntimeError, match="only 0 of 2 valid candidates"):
+        gen.generate(2, seed=0, valid_only=True, max_tries=2)
+
+
+def test_tampered_and_truncated_checkpoints(tiny_checkpoint, tmp_path):
+    raw = tiny_checkpoint.read_bytes()
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(CheckpointError, match="cannot be read safely"):
+        load_generator(truncated)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError):
+        load_generator(garbage)
+    # a pickle that would run code is refused by weights_only loading
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"x": 1}, evil)
+    evil.write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(CheckpointError):
+        load_generator(evil)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_generator(tmp_path / "missing.pt")

@@ -1,0 +1,92 @@
+import math
+
+import pytest
+import torch
+
+from design.domains import build_domain
+from design.domains.crystal.tensors import CrystalBatch
+from design.models import build_model
+from design.training.losses import LOSSES, get_loss
+
+from conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def setup():
+    cfg = tiny_config()
+    dom = build_domain(cfg)
+    ds = dom.load_dataset(cfg.data.train, list(cfg.data.properties), cfg.data.limit)
+    torch.manual_seed(0)
+    model = build_model(cfg, dom, dom.fit_state(ds)).eval()
+    return cfg, dom, ds, model
+
+
+def test_shapes(setup):
+    cfg, dom, ds, model = setup
+    t = ds.tensors.subset(torch.arange(8))
+    mu, logvar = model.encoder(t)
+    assert mu.shape == logvar.shape == (8, cfg.model.latent_dim)
+    raw = model.generator(mu, torch.zeros(8, 1))
+    assert raw["species_logits"].shape == (8, 20, 104)
+    batch = model.generator.head.sample(raw)
+    assert batch.species.shape == (8, 20, 104) and batch.frac.shape == (8, 20, 3) and batch.lattice.shape == (8, 6)
+    assert ((batch.frac >= 0) & (batch.frac < 1)).all()
+    assert (batch.mask.sum(1) >= 1).all()  # at least one occupied site
+    out = model.discriminator(batch)
+    assert out.realism.shape == (8,) and out.properties.shape == (8, 1)
+
+
+def test_species_outside_training_vocabulary_never_sampled(setup):
+    cfg, dom, ds, model = setup
+    raw = model.generator(torch.randn(64, cfg.model.latent_dim), torch.zeros(64, 1))
+    z = model.generator.head.sample(raw).species.argmax(-1)
+    allowed = set(torch.unique(ds.tensors.z).tolist())
+    assert set(torch.unique(z).tolist()) <= allowed
+
+
+def test_discriminator_invariances(setup):
+    cfg, dom, ds, model = setup
+    batch = dom.real_batch(ds.tensors.subset(torch.arange(6)))
+    ref = model.discriminator(batch).realism
+    perm = torch.randperm(20)
+    permuted = CrystalBatch(batch.species[:, perm], batch.frac[:, perm], batch.lattice)
+    shifted = CrystalBatch(batch.species, torch.remainder(batch.frac + torch.tensor([0.13, 0.71, 0.4]), 1.0), batch.lattice)
+    assert torch.allclose(model.discriminator(permuted).realism, ref, atol=1e-4)
+    assert torch.allclose(model.discriminator(shifted).realism, ref, atol=1e-4)
+
+
+def test_gradients_reach_generator_through_discrete_species(setup):
+    cfg, dom, ds, model = setup
+    model.zero_grad()
+    raw = model.generator(torch.randn(4, cfg.model.latent_dim), torch.zeros(4, 1))
+    model.discriminator(model.generator.head.sample(raw)).realism.sum().backward()
+    g = model.generator.head.species.weight.grad
+    assert g is not None and g.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_losses_prefer_realistic_scores(name):
+    loss = get_loss(name)
+    real_hi, fake_lo = torch.full((16,), 3.0), torch.full((16,), -3.0)
+    good_d = loss.d_loss(real_hi, fake_lo, 0.0)
+    bad_d = loss.d_loss(fake_lo, real_hi, 0.0)
+    assert good_d < bad_d
+    # the generator's loss falls when its samples score higher
+    assert loss.g_loss(real_hi, real_hi) < loss.g_loss(fake_lo, real_hi)
+
+
+def test_hinge_hand_values():
+    hinge = get_loss("hinge")
+    assert hinge.d_loss(torch.tensor([0.5]), torch.tensor([-0.25]), 0.0).item() == pytest.approx(0.5 + 0.75)
+    assert hinge.g_loss(torch.tensor([2.0]), torch.tensor([0.0])).item() == pytest.approx(-2.0)
+
+
+def test_label_smoothing_changes_bce_target():
+    ns = get_loss("non_saturating")
+    x = torch.tensor([10.0])
+    assert ns.d_loss(x, -x, 0.1).item() == pytest.approx(0.1 * 10 + math.log1p(math.exp(-10)) + math.log1p(math.exp(-10)), rel=1e-3)
+
+
+def test_unknown_loss_named():
+    with pytest.raises(ValueError, match="unknown gan_loss 'lsgan'"):
+        get_loss("lsgan")
