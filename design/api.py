@@ -22,6 +22,7 @@ from design.config import RunConfig
 from design.domains import build_domain
 from design.domains.base import Candidate, Domain
 from design.models import VAEGAN, build_model
+from design.models.latent_prior import GaussianPrior
 from design.training.checkpoint import CheckpointError, checkpoint_config, load_checkpoint
 from design.utils import resolve_device
 
@@ -66,6 +67,7 @@ class Generator:
         property_mean: torch.Tensor,
         property_std: torch.Tensor,
         condition_bank: torch.Tensor,
+        latent_prior: GaussianPrior,
         device: torch.device,
         source: str = "",
         history: list[dict] | None = None,
@@ -77,6 +79,7 @@ class Generator:
         self.property_mean = property_mean.to(device)
         self.property_std = property_std.to(device)
         self.condition_bank = condition_bank.to(device)  # [K, P] standardised training properties
+        self.latent_prior = latent_prior.to(device)
         self.device = device
         self.source = source
         self.history = history or []
@@ -106,6 +109,9 @@ class Generator:
             torch.tensor(blob["property_mean"]),
             torch.tensor(blob["property_std"]),
             blob["condition_bank"],
+            GaussianPrior.from_state(blob["latent_prior"])
+            if config.generate.latent_prior == "fitted"
+            else GaussianPrior.standard(config.model.latent_dim),
             dev,
             source=str(path),
             history=blob.get("history", []),
@@ -148,7 +154,7 @@ class Generator:
         parts, scores = [], {}
         for start in range(0, n, bs):
             m = min(bs, n - start)
-            z = torch.randn(m, self.model.latent_dim, generator=gen, device=self.device)
+            z = self.latent_prior.sample(m, generator=gen)
             c = self.condition(m, target, gen)
             raw = self.model.generator(z, c)
             batch = self.model.generator.head.sample(raw, tau=1.0, temperature=temperature, generator=gen)

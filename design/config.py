@@ -50,6 +50,7 @@ class ModelConfig(_Section):
     """Sizes of the VAE-GAN networks."""
 
     latent_dim: int = Field(64, ge=2)
+    max_elements: int = Field(4, ge=1, le=20, description="palette size: most distinct elements per crystal")
     hidden: int = Field(256, ge=8, description="width of the latent/condition trunk")
     site_dim: int = Field(128, ge=8, description="width of per-site features")
     heads: int = Field(4, ge=1)
@@ -81,15 +82,21 @@ class TrainConfig(_Section):
     batch_size: int = Field(64, ge=2)
     lr_g: float = Field(1e-3, gt=0)
     lr_d: float = Field(2e-4, gt=0)
-    beta_kl: float = Field(0.01, ge=0)
+    beta_kl: float = Field(0.1, ge=0, description="KL weight; reconstruction and KL are both per-crystal sums")
     kl_warmup_epochs: int = Field(5, ge=0)
     gan_loss: GanLoss = "non_saturating"
-    adv_weight: float = Field(0.1, ge=0, description="0 trains a plain VAE (no adversarial term)")
+    adv_weight: float = Field(0.5, ge=0, description="0 trains a plain VAE (no adversarial term)")
     adv_start_epoch: int = Field(0, ge=0, description="epochs of pure VAE training before the GAN game starts")
-    fm_weight: float = Field(1.0, ge=0, description="feature-matching reconstruction on D's features")
+    adv_prior: Literal["standard", "fitted"] = Field(
+        "fitted", description="latent samples of the adversarial game: N(0, I) or last epoch's fitted prior"
+    )
+    d_species_grad: bool = Field(
+        False, description="let D's gradients reach the generator's element choices (straight-through)"
+    )
+    fm_weight: float = Field(0.1, ge=0, description="feature-matching reconstruction on D's features")
     prop_weight: float = Field(1.0, ge=0, description="D's property head regression on real data")
     cond_weight: float = Field(0.02, ge=0, description="AC reward: G's samples should read as their condition c")
-    penalty_weight: float = Field(1.0, ge=0, description="physics penalty on generated samples")
+    penalty_weight: float = Field(10.0, ge=0, description="physics penalty on generated samples")
     gp_weight: float = Field(10.0, ge=0, description="gradient penalty weight (wgan_gp)")
     label_smoothing: float = Field(0.1, ge=0, lt=0.5, description="one-sided: real targets are 1 - this")
     n_critic: int = Field(1, ge=1, description="discriminator steps per generator step")
@@ -127,6 +134,9 @@ class GenerateConfig(_Section):
     n_per_round: int = Field(1000, ge=1)
     batch_size: int = Field(1024, ge=1)
     temperature: float = Field(1.0, gt=0, description="softmax temperature of element sampling")
+    latent_prior: Literal["fitted", "standard"] = Field(
+        "fitted", description="sample z from a Gaussian fitted to the encoded training set, or from N(0, I)"
+    )
     target: dict[str, float] | None = Field(
         None, description="property values to condition on, physical units; null samples the data distribution"
     )

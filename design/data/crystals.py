@@ -25,7 +25,7 @@ from design.utils import atomic_path
 
 log = logging.getLogger(__name__)
 
-FEATURIZER_VERSION = 1
+FEATURIZER_VERSION = 2  # 2: lower-triangular lattice
 REQUIRED_COLUMNS = ("material_id", "cif")
 
 

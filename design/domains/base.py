@@ -104,6 +104,10 @@ class Domain(ABC):
     def batch_to_tensors(self, batch: Any) -> Any:
         """Soft batch -> hard tensors."""
 
+    @abstractmethod
+    def detach_species(self, batch: Any) -> Any:
+        """The batch with its discrete choices (elements, atom types) cut from the autograd graph."""
+
     # -- physics and checks
     @abstractmethod
     def build_penalty(self) -> nn.Module:

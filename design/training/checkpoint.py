@@ -17,7 +17,7 @@ from design.utils import atomic_path
 
 FORMAT = "invdes-generator"
 VERSION = 1
-REQUIRED = ("format", "version", "config", "state", "property_mean", "property_std", "condition_bank", "model", "epoch", "complete")
+REQUIRED = ("format", "version", "config", "state", "property_mean", "property_std", "condition_bank", "latent_prior", "model", "epoch", "complete")
 
 
 class CheckpointError(ValueError):

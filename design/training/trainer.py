@@ -8,8 +8,9 @@ Per batch of real samples x with standardised properties y:
   ``reconstruction(G(z|x, y), x) + beta * KL + fm * |D_feat(x) - D_feat(x_rec)|^2
   + adv * L_G(D(G(z, c))) + cond * |D_prop(G(z, c)) - c|^2 + lambda * penalty(G(z, c), x_rec)``.
 
-Every epoch appends a history row (mean losses, monitors on a fixed latent sample: uniqueness,
-fast structural validity, mean penalty, realism gap) and writes ``last.pt`` (weights, optimiser
+Every epoch refits the sampling prior (a Gaussian over the training set's posterior means, see
+``design/models/latent_prior.py``), appends a history row (mean losses, monitors on a fixed
+sample from that prior: uniqueness, fast structural validity, mean penalty, realism gap) and writes ``last.pt`` (weights, optimiser
 and RNG state), so a killed run resumes where it stopped. The finished generator is ``generator.pt``.
 """
 
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from design.config import RunConfig
 from design.domains.base import Domain, EncodedDataset
 from design.models import VAEGAN, build_model
+from design.models.latent_prior import GaussianPrior
 from design.training.checkpoint import load_checkpoint, save_checkpoint
 from design.training.losses import get_loss
 from design.utils import resolve_device, seed_everything
@@ -78,7 +80,8 @@ class Trainer:
         self.tensors_all = self.train_data.tensors.to(self.device)
         g = torch.Generator().manual_seed(cfg.seed + 7919)
         m = min(cfg.train.monitor_samples, len(self.train_data))
-        self.monitor_z = torch.randn(cfg.train.monitor_samples, cfg.model.latent_dim, generator=g).to(self.device)
+        self.monitor_eps = torch.randn(cfg.train.monitor_samples, cfg.model.latent_dim, generator=g).to(self.device)
+        self.prior = GaussianPrior.standard(cfg.model.latent_dim, self.device)
         cidx = torch.randint(len(self.train_data), (cfg.train.monitor_samples,), generator=g)
         self.monitor_c = self.ystd_all[cidx.to(self.device)]
         self.monitor_real = torch.arange(m, device=self.device)
@@ -95,6 +98,7 @@ class Trainer:
             "property_std": self.y_std.tolist(),
             "condition_bank": self.condition_bank,
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "latent_prior": self.prior.state(),
             "history": history,
             "epoch": epoch,
             "complete": complete,
@@ -120,6 +124,7 @@ class Trainer:
             log.warning("%s was written for another config; starting afresh", path)
             return 0, []
         self.model.load_state_dict(blob["model"])
+        self.prior = GaussianPrior.from_state(blob["latent_prior"]).to(self.device)
         self.opt_g.load_state_dict(blob["optim_g"])
         self.opt_d.load_state_dict(blob["optim_d"])
         torch.set_rng_state(blob["rng"])
@@ -128,9 +133,26 @@ class Trainer:
 
     # ------------------------------------------------------------------ steps
     def _prior(self, n: int, y: torch.Tensor):
-        z = torch.randn(n, self.config.model.latent_dim, device=self.device)
+        """Latent samples for the adversarial game and the conditions they are decoded with."""
+        if self.config.train.adv_prior == "fitted":
+            z = self.prior.sample(n)
+        else:
+            z = torch.randn(n, self.config.model.latent_dim, device=self.device)
         c = y[torch.randperm(len(y), device=self.device)]
         return z, c
+
+    @torch.no_grad()
+    def fit_prior(self) -> GaussianPrior:
+        """Gaussian fitted to the posterior means of all training samples (see latent_prior.py)."""
+        self.model.eval()
+        try:
+            mus = []
+            for i in range(0, len(self.train_data), 1024):
+                idx = torch.arange(i, min(i + 1024, len(self.train_data)), device=self.device)
+                mus.append(self.model.encoder(self.tensors_all.subset(idx))[0])
+            return GaussianPrior.fit(torch.cat(mus))
+        finally:
+            self.model.train()
 
     def _sample(self, raw):
         return self.model.generator.head.sample(raw, tau=self.config.train.gumbel_tau)
@@ -160,7 +182,11 @@ class Trainer:
                 continue
             self.opt_d.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(D.parameters(), tc.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(D.parameters(), tc.grad_clip)
+            if not torch.isfinite(norm):
+                self.opt_d.zero_grad(set_to_none=True)
+                out["skipped_steps"] = out.get("skipped_steps", 0) + 1
+                continue
             self.opt_d.step()
         return out
 
@@ -193,15 +219,18 @@ class Trainer:
             out["kl"] = float(kl.detach())
             with torch.no_grad():
                 d_real = D(real)
+            through_d = (lambda b: b) if tc.d_species_grad else self.domain.detach_species
             if tc.fm_weight > 0:
-                fm = F.mse_loss(D(x_rec).features, d_real.features)
+                fm = (D(through_d(x_rec)).features - d_real.features).pow(2).sum(1).mean()
                 loss = loss + tc.fm_weight * fm
                 out["fm"] = float(fm.detach())
             zp, cp = self._prior(len(y), y)
             fake = self._sample(m.generator(zp, cp))
             cond_on = tc.cond_weight > 0 and epoch >= tc.adv_start_epoch
             if adv_on or cond_on:
-                d_fake = D(fake)
+                # measured: straight-through gradients from D into the discrete element choices
+                # wreck reconstruction; by default D's gradient shapes geometry only
+                d_fake = D(through_d(fake))
                 if adv_on:
                     g_adv = self.gan.g_loss(d_fake.realism, d_real.realism)
                     loss = loss + tc.adv_weight * g_adv
@@ -221,7 +250,11 @@ class Trainer:
             self.opt_g.zero_grad(set_to_none=True)
             loss.backward()
             params = [p for grp in self.opt_g.param_groups for p in grp["params"]]
-            torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+            if not torch.isfinite(norm):  # an exploding or NaN gradient: skip the step, keep the weights
+                self.opt_g.zero_grad(set_to_none=True)
+                out["skipped_steps"] = 1
+                return out
             self.opt_g.step()
             return out
         finally:
@@ -233,7 +266,8 @@ class Trainer:
         m = self.model
         m.eval()
         try:
-            fake = self._sample(m.generator(self.monitor_z, self.monitor_c))
+            z = self.prior.mean + self.monitor_eps @ self.prior.scale_tril.T
+            fake = self._sample(m.generator(z, self.monitor_c))
             hard = self.domain.batch_to_tensors(fake)
             keys = self.domain.monitor_keys(hard)
             real = self.domain.real_batch(self.tensors_all.subset(self.monitor_real))
@@ -274,14 +308,16 @@ class Trainer:
                 steps += 1
             row = {k: v / steps for k, v in sums.items() if k != "skipped_steps"}
             row["skipped_steps"] = sums.get("skipped_steps", 0.0)
+            self.prior = self.fit_prior()
             row.update(self.monitors())
             row["epoch"] = epoch + 1
             row["time_s"] = time.time() - te
             history.append(row)
+            rec = "  ".join(f"{k}={v:.3f}" for k, v in row.items() if k.startswith("rec_"))
             log.info(
-                "epoch %d/%d  rec_species=%.3f rec_coords=%.3f kl=%.2f penalty=%.3f unique=%.2f valid=%.2f (%.1fs)",
-                epoch + 1, tc.epochs, row.get("rec_species", 0), row.get("rec_coords", 0), row.get("kl", 0),
-                row.get("penalty", 0), row["mon_unique"], row["mon_valid"], row["time_s"],
+                "epoch %d/%d  %s  kl=%.2f penalty=%.3f unique=%.2f valid=%.2f gap=%.2f (%.1fs)",
+                epoch + 1, tc.epochs, rec, row.get("kl", 0), row.get("penalty", 0), row["mon_unique"],
+                row["mon_valid"], row["mon_realism_gap"], row["time_s"],
             )
             save_checkpoint(self.workdir / RESUME_NAME, self.payload(epoch + 1, history, False, with_optim=True))
         wall = time.time() - t0

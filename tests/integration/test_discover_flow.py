@@ -52,7 +52,6 @@ def test_campaign_outputs(campaign):
 
 
 def test_mlflow_run_contents(campaign):
-    import mlflow
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=campaign["uri"])
@@ -60,7 +59,7 @@ def test_mlflow_run_contents(campaign):
     cfg = campaign["cfg"]
     assert run.data.params["train.epochs"] == str(cfg.train.epochs)
     assert run.data.params["data.train"] == cfg.data.train
-    epochs = client.get_metric_history(run.info.run_id, "train/rec_species")
+    epochs = client.get_metric_history(run.info.run_id, "train/rec_palette")
     assert [m.step for m in epochs] == list(range(1, cfg.train.epochs + 1))
     assert len(client.get_metric_history(run.info.run_id, "train/mon_unique")) == cfg.train.epochs
     for name in ("generated", "valid", "unique", "novel", "mean_realism", "mean_penalty", "structural_validity"):
@@ -68,9 +67,12 @@ def test_mlflow_run_contents(campaign):
         assert [m.step for m in hist] == list(range(cfg.generate.rounds)), name
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "candidates")}
     assert {"candidates/ranked.csv", "candidates/ranked_candidates.json"} <= artifacts
-    mlflow.set_tracking_uri(campaign["uri"])
-    table = mlflow.load_table("candidates/ranked_candidates.json", run_ids=[run.info.run_id])
+    table = client.load_table(
+        experiment_id=run.info.experiment_id, artifact_file="candidates/ranked_candidates.json",
+        run_ids=[run.info.run_id],
+    )
     assert len(table) == campaign["summary"]["ranked"]
+    assert {"rank", "id", "formula", "realism", "pred_formation_energy_per_atom"} <= set(table.columns)
     version = client.get_model_version_by_alias(cfg.tracking.registered_model, cfg.tracking.alias)
     assert version.run_id == run.info.run_id
 

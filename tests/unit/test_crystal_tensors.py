@@ -8,9 +8,11 @@ from design.domains.crystal import CrystalDomain
 from design.domains.crystal.tensors import (
     EncodeError,
     cell_volume,
+    cholesky_to_params,
     encode_structure,
     image_distances,
     lattice_matrix,
+    params_to_cholesky,
     self_pair_mask,
 )
 
@@ -36,7 +38,7 @@ def test_padding_and_site_order():
     s = Structure(Lattice.cubic(4.2), ["O", "Mg"], [[0.5, 0.5, 0.5], [0, 0, 0]])
     z, frac, lat = encode_structure(s, max_sites=5, standardize=False)
     assert z.tolist() == [12, 8, 0, 0, 0]  # cation (lower electronegativity) first, then padding
-    assert np.allclose(lat, [4.2, 4.2, 4.2, 90, 90, 90])
+    assert np.allclose(lat, [4.2, 0, 4.2, 0, 0, 4.2], atol=1e-6)  # cubic cell: a diagonal lattice
 
 
 def test_too_many_sites_and_disorder_rejected():
@@ -50,10 +52,13 @@ def test_too_many_sites_and_disorder_rejected():
 
 @pytest.mark.parametrize("params", [(3.9, 4.1, 5.2, 60, 75, 100), (5.0, 5.0, 7.0, 90, 90, 120), (3, 3, 3, 90, 90, 90)])
 def test_lattice_matrix_matches_pymatgen(params):
-    mine = lattice_matrix(torch.tensor([params], dtype=torch.float64))[0].numpy()
+    lattice = params_to_cholesky(torch.tensor([params], dtype=torch.float64))
+    mine = lattice_matrix(lattice)[0].numpy()
     ref = Lattice.from_parameters(*params)
-    assert np.allclose(mine, ref.matrix, atol=1e-6)
-    assert np.isclose(cell_volume(torch.tensor([params], dtype=torch.float64))[0].item(), ref.volume, rtol=1e-6)
+    # same cell in another orientation: the metric tensors agree
+    assert np.allclose(mine @ mine.T, ref.matrix @ ref.matrix.T, atol=1e-6)
+    assert np.allclose(Lattice(mine).parameters, params, atol=1e-6)
+    assert np.isclose(cell_volume(lattice)[0].item(), ref.volume, rtol=1e-6)
 
 
 def test_image_distances_match_pymatgen(real_structures):
@@ -66,3 +71,16 @@ def test_image_distances_match_pymatgen(real_structures):
         ref = dom.decode(t)[0].distance_matrix
         off = ~np.eye(n, dtype=bool)
         assert np.allclose(d.numpy()[off], ref[off], atol=1e-4)
+
+
+def test_cholesky_parametrisation_round_trip_and_validity():
+    params = torch.tensor([[3.9, 4.1, 5.2, 60, 75, 100], [5, 5, 7, 90, 90, 120], [3, 3, 3, 60, 60, 60]], dtype=torch.float64)
+    assert torch.allclose(cholesky_to_params(params_to_cholesky(params)), params, atol=1e-6)
+    # any lower-triangular lattice with a positive diagonal is a real cell of that volume
+    torch.manual_seed(0)
+    chol = torch.randn(200, 6, dtype=torch.float64) * 3
+    chol[:, [0, 2, 5]] = chol[:, [0, 2, 5]].abs() + 0.05
+    for row in chol[:20]:
+        lat = Lattice(lattice_matrix(row[None])[0].numpy())
+        assert np.isclose(lat.volume, float(row[0] * row[2] * row[5]), rtol=1e-6)
+    assert torch.allclose(params_to_cholesky(cholesky_to_params(chol)), chol, atol=1e-6)

@@ -27,11 +27,16 @@ def test_shapes(setup):
     mu, logvar = model.encoder(t)
     assert mu.shape == logvar.shape == (8, cfg.model.latent_dim)
     raw = model.generator(mu, torch.zeros(8, 1))
-    assert raw["species_logits"].shape == (8, 20, 104)
+    k = cfg.model.max_elements
+    assert raw["palette_logits"].shape == (8, k, 104)
+    assert raw["type_logits"].shape == (8, 20, k + 1)
     batch = model.generator.head.sample(raw)
     assert batch.species.shape == (8, 20, 104) and batch.frac.shape == (8, 20, 3) and batch.lattice.shape == (8, 6)
     assert ((batch.frac >= 0) & (batch.frac < 1)).all()
     assert (batch.mask.sum(1) >= 1).all()  # at least one occupied site
+    assert torch.allclose(batch.species.sum(-1), torch.ones(8, 20))  # one-hot per slot
+    distinct = [len(set(row) - {0}) for row in batch.species.argmax(-1).tolist()]
+    assert max(distinct) <= k  # never more elements than the palette holds
     out = model.discriminator(batch)
     assert out.realism.shape == (8,) and out.properties.shape == (8, 1)
 
@@ -60,8 +65,8 @@ def test_gradients_reach_generator_through_discrete_species(setup):
     model.zero_grad()
     raw = model.generator(torch.randn(4, cfg.model.latent_dim), torch.zeros(4, 1))
     model.discriminator(model.generator.head.sample(raw)).realism.sum().backward()
-    g = model.generator.head.species.weight.grad
-    assert g is not None and g.abs().sum() > 0
+    for layer in (model.generator.head.types, model.generator.head.palette[-1]):
+        assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
@@ -90,3 +95,14 @@ def test_label_smoothing_changes_bce_target():
 def test_unknown_loss_named():
     with pytest.raises(ValueError, match="unknown gan_loss 'lsgan'"):
         get_loss("lsgan")
+
+
+def test_palette_targets_hand_example():
+    from design.domains.crystal.nets import palette_targets
+
+    z = torch.tensor([[12, 12, 8, 8, 0], [3, 26, 8, 8, 8]])
+    palette, types = palette_targets(z, 3)
+    assert palette.tolist() == [[12, 8, 0], [3, 26, 8]]
+    assert types.tolist() == [[1, 1, 2, 2, 0], [1, 2, 3, 3, 3]]
+    with pytest.raises(ValueError, match="3 distinct elements, more than the palette size 2"):
+        palette_targets(z, 2)

@@ -25,7 +25,8 @@ def test_overfits_a_tiny_set(tmp_path):
     )
     hist = _train(cfg, tmp_path).history
     first, last = hist[0], hist[-1]
-    assert last["rec_species"] < 0.25 * first["rec_species"]
+    assert last["rec_palette"] < 0.25 * first["rec_palette"]
+    assert last["rec_sites"] < 0.25 * first["rec_sites"]
     assert last["rec_lattice"] < 0.25 * first["rec_lattice"]
     assert last["rec_coords"] < 0.6 * first["rec_coords"]
 
@@ -79,5 +80,5 @@ def test_checkpoint_holds_config_and_history(tiny_checkpoint):
     assert blob["complete"] and blob["epoch"] == 2
     assert blob["config"]["train"]["epochs"] == 2
     assert [row["epoch"] for row in blob["history"]] == [1, 2]
-    assert {"mon_unique", "mon_valid", "mon_realism_gap", "rec_species"} <= set(blob["history"][0])
+    assert {"mon_unique", "mon_valid", "mon_realism_gap", "rec_palette", "rec_coords"} <= set(blob["history"][0])
     assert trainer_mod.FINAL_NAME == tiny_checkpoint.name

@@ -43,7 +43,9 @@ class CrystalDomain(Domain):
         allowed = torch.zeros(N_SPECIES, dtype=torch.bool)
         allowed[torch.unique(t.z)] = True
         allowed[0] = True
+        distinct = max((len(set(row) - {0}) for row in t.z.tolist()), default=0)
         return {
+            "max_distinct_elements": distinct,
             "max_sites": self.max_sites,
             "lattice_mean": feats.mean(0).tolist(),
             "lattice_std": feats.std(0).clamp(min=1e-3).tolist(),
@@ -70,6 +72,9 @@ class CrystalDomain(Domain):
 
     def batch_to_tensors(self, batch: CrystalBatch) -> CrystalTensors:
         return batch.to_tensors()
+
+    def detach_species(self, batch: CrystalBatch) -> CrystalBatch:
+        return CrystalBatch(batch.species.detach(), batch.frac, batch.lattice)
 
     # -- physics and checks
     def build_penalty(self) -> CrystalPenalty:
@@ -104,7 +109,7 @@ class CrystalDomain(Domain):
         """Sorted element list plus lattice lengths rounded to 0.1 A: a cheap identity for collapse monitors."""
         keys = []
         z = t.z.cpu().tolist()
-        lat = t.lattice[:, :3].cpu()
+        lat = tensors.lattice_lengths(t.lattice.float()).cpu()
         for zi, li in zip(z, lat, strict=True):
             elems = ",".join(str(x) for x in sorted(x for x in zi if x > 0))
             keys.append(elems + "|" + ",".join(f"{v:.1f}" for v in sorted(li.tolist())))
@@ -112,6 +117,11 @@ class CrystalDomain(Domain):
 
     # -- networks
     def build_networks(self, model_cfg: ModelConfig, state: dict) -> DomainNetworks:
+        if state["max_distinct_elements"] > model_cfg.max_elements:
+            raise ValueError(
+                f"the training data has crystals with {state['max_distinct_elements']} distinct elements, "
+                f"more than model.max_elements={model_cfg.max_elements}; raise model.max_elements"
+            )
         allowed = torch.zeros(N_SPECIES, dtype=torch.bool)
         allowed[state["allowed_species"]] = True
         enc_scaler = LatticeScaler(state["lattice_mean"], state["lattice_std"])
@@ -119,7 +129,7 @@ class CrystalDomain(Domain):
         feature_dim = model_cfg.hidden
         return DomainNetworks(
             encoder_body=CrystalEncoderBody(model_cfg, enc_scaler),
-            decoder_head=CrystalDecoderHead(model_cfg, dec_scaler, state["max_sites"], allowed),
+            decoder_head=CrystalDecoderHead(model_cfg, dec_scaler, state["max_sites"], allowed, model_cfg.max_elements),
             disc_body=CrystalDiscBody(model_cfg, feature_dim),
             feature_dim=feature_dim,
         )

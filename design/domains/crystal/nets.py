@@ -2,15 +2,16 @@
 
 * :class:`CrystalEncoderBody`: a transformer over occupied sites (element embedding plus
   sin/cos of fractional coordinates), mean-pooled, joined with lattice features.
-* :class:`CrystalDecoderHead`: one shot from the trunk's [B, H] vector to ``S`` site slots
-  (learned slot embeddings + self-attention), each with species logits (class 0 = empty) and a
-  (cos, sin) pair per fractional coordinate (wrap-aware), plus six lattice numbers.
+* :class:`CrystalDecoderHead`: one shot from the trunk's [B, H] vector to a palette of K
+  elements and ``S`` site slots (learned slot embeddings + self-attention), each slot choosing
+  empty or a palette entry and a (cos, sin) pair per fractional coordinate (wrap-aware), plus six
+  lattice numbers.
 * :class:`CrystalDiscBody`: a continuous-filter graph network over periodic distances (27
   images), so the discriminator is invariant to site order, origin and rotation by construction;
   it takes species as probabilities so gradients reach the generator's element choices.
 
-Lattice numbers are standardised by :class:`LatticeScaler`: lengths divided by N^(1/3) and logged,
-angles in degrees, each shifted and scaled by training-set statistics.
+Lattice numbers are standardised by :class:`LatticeScaler`: the lower-triangular lattice divided
+by N^(1/3) (log of the diagonal), so that whatever the generator outputs is a valid cell.
 """
 
 from __future__ import annotations
@@ -34,27 +35,35 @@ TWO_PI = 2 * math.pi
 
 
 class LatticeScaler(nn.Module):
-    """Maps lattice parameters [B, 6] (Angstrom, degrees) and atom counts [B] to standardised [B, 6] and back."""
+    """Lattice [B, 6] (lower-triangular, Angstrom) and atom counts [B] <-> standardised [B, 6].
+
+    The features are the lattice divided by N^(1/3) with the log of its diagonal, each shifted and
+    scaled by training-set statistics. Every feature vector maps back to a valid cell.
+    """
+
+    LOG_DIAG = (0, 2, 5)  # positions of l11, l22, l33
 
     def __init__(self, mean: list[float], std: list[float]):
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
 
-    @staticmethod
-    def raw_features(lattice: torch.Tensor, n_atoms: torch.Tensor) -> torch.Tensor:
-        scale = n_atoms.clamp(min=1.0).pow(1.0 / 3.0)[:, None]
-        return torch.cat([torch.log(lattice[:, :3].clamp(min=1e-3) / scale), lattice[:, 3:]], dim=1)
+    @classmethod
+    def raw_features(cls, lattice: torch.Tensor, n_atoms: torch.Tensor) -> torch.Tensor:
+        f = lattice / n_atoms.clamp(min=1.0).pow(1.0 / 3.0)[:, None]
+        l11, l21, l22, l31, l32, l33 = f.unbind(1)
+        logd = [torch.log(x.abs().clamp(min=1e-4)) for x in (l11, l22, l33)]
+        return torch.stack([logd[0], l21, logd[1], l31, l32, logd[2]], dim=1)
 
     def to_std(self, lattice: torch.Tensor, n_atoms: torch.Tensor) -> torch.Tensor:
         return (self.raw_features(lattice, n_atoms) - self.mean) / self.std
 
     def from_std(self, x: torch.Tensor, n_atoms: torch.Tensor) -> torch.Tensor:
         raw = x * self.std + self.mean
+        d1, l21, d2, l31, l32, d3 = raw.unbind(1)
+        l11, l22, l33 = (torch.exp(d.clamp(-4.0, 4.0)) for d in (d1, d2, d3))
         scale = n_atoms.clamp(min=1.0).pow(1.0 / 3.0)[:, None]
-        lengths = torch.exp(raw[:, :3].clamp(max=6.0)) * scale
-        angles = raw[:, 3:].clamp(20.0, 160.0)
-        return torch.cat([lengths, angles], dim=1)
+        return torch.stack([l11, l21, l22, l31, l32, l33], dim=1) * scale
 
 
 def mlp(sizes: list[int], act: type[nn.Module] = nn.SiLU) -> nn.Sequential:
@@ -99,30 +108,86 @@ class CrystalEncoderBody(nn.Module):
         return self.out(torch.cat(feats, dim=1))
 
 
-class CrystalDecoderHead(nn.Module):
-    """[B, hidden] -> raw outputs; ``sample`` turns them into a differentiable :class:`CrystalBatch`."""
+def palette_targets(z: torch.Tensor, n_palette: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split site species into a per-crystal element palette and per-site palette indices.
 
-    def __init__(self, cfg: ModelConfig, scaler: LatticeScaler, max_sites: int, allowed: torch.Tensor):
+    Args:
+        z: [B, S] atomic numbers, 0 = empty.
+        n_palette: palette size K.
+
+    Returns:
+        palette [B, K]: the distinct elements in order of first appearance (0 = unused entry);
+        types [B, S]: 0 for an empty slot, else 1 + the palette index of the site's element.
+    """
+    n_slots = z.shape[1]
+    earlier = torch.tril(torch.ones(n_slots, n_slots, dtype=torch.bool, device=z.device), diagonal=-1)
+    seen = ((z[:, :, None] == z[:, None, :]) & earlier).any(2)
+    new = (z > 0) & ~seen
+    rank = new.long().cumsum(1) - 1
+    if new.sum(1).max() > n_palette:
+        raise ValueError(f"a crystal has {int(new.sum(1).max())} distinct elements, more than the palette size {n_palette}")
+    palette = torch.zeros(z.shape[0], n_palette, dtype=torch.long, device=z.device)
+    rows, cols = new.nonzero(as_tuple=True)
+    palette[rows, rank[rows, cols]] = z[rows, cols]
+    match = (z[:, :, None] == palette[:, None, :]) & (z[:, :, None] > 0)
+    types = torch.where(z > 0, match.float().argmax(-1) + 1, torch.zeros_like(z))
+    return palette, types
+
+
+def _gumbel(logits: torch.Tensor, tau: float, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(soft sample [.., C] with temperature tau, hard index [..]) of a Gumbel-perturbed categorical."""
+    u = torch.rand(logits.shape, generator=generator, device=logits.device).clamp(1e-10, 1 - 1e-10)
+    noisy = logits - torch.log(-torch.log(u))
+    return torch.softmax(noisy / tau, dim=-1), noisy.argmax(-1)
+
+
+def _straight_through(soft: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    hard = F.one_hot(idx, soft.shape[-1]).to(soft.dtype)
+    return hard - soft.detach() + soft
+
+
+class CrystalDecoderHead(nn.Module):
+    """[B, hidden] -> raw outputs; ``sample`` turns them into a differentiable :class:`CrystalBatch`.
+
+    Composition first: the head draws a palette of K elements per crystal (entry 0 always an
+    element, the others may be unused), then each of the S slots picks "empty" or a palette entry.
+    A crystal therefore never has more than K distinct elements, and its element choices are made
+    jointly rather than slot by slot.
+    """
+
+    def __init__(
+        self, cfg: ModelConfig, scaler: LatticeScaler, max_sites: int, allowed: torch.Tensor, n_palette: int
+    ):
         super().__init__()
         d = cfg.site_dim
         self.max_sites = max_sites
+        self.n_palette = n_palette
         self.scaler = scaler
-        self.register_buffer("allowed", allowed.bool().clone())  # [V]; class 0 (empty) always allowed
+        allowed = allowed.bool().clone()
+        palette_mask = allowed[None].repeat(n_palette, 1)  # [K, V]
+        palette_mask[0, 0] = False  # the first palette entry is always an element
+        self.register_buffer("palette_allowed", palette_mask)
+        self.palette = mlp([cfg.hidden, cfg.hidden, n_palette * N_SPECIES])
         self.to_slots = nn.Linear(cfg.hidden, max_sites * d)  # each slot reads its own view of h
         self.slot_embed = nn.Parameter(torch.randn(max_sites, d))
         layer = nn.TransformerEncoderLayer(d, cfg.heads, 2 * d, dropout=0.0, batch_first=True, norm_first=True)
         self.transformer = nn.TransformerEncoder(layer, cfg.decoder_layers, enable_nested_tensor=False)
-        self.species = nn.Linear(d, N_SPECIES)
+        self.types = nn.Linear(d, n_palette + 1)
         self.coords = nn.Linear(d, 6)
         self.lattice = mlp([cfg.hidden + d, cfg.hidden, 6])
 
     def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
-        slots = self.to_slots(h).view(h.shape[0], self.max_sites, -1) + self.slot_embed[None]
+        bsz = h.shape[0]
+        palette = self.palette(h).view(bsz, self.n_palette, N_SPECIES).masked_fill(~self.palette_allowed, float("-inf"))
+        slots = self.to_slots(h).view(bsz, self.max_sites, -1) + self.slot_embed[None]
         slots = self.transformer(slots)
-        logits = self.species(slots).masked_fill(~self.allowed, float("-inf"))
-        coord = self.coords(slots).view(h.shape[0], self.max_sites, 3, 2)
         lat = self.lattice(torch.cat([h, slots.mean(1)], dim=1))
-        return {"species_logits": logits, "coord_vec": coord, "lattice_std": lat}
+        return {
+            "palette_logits": palette,
+            "type_logits": self.types(slots),
+            "coord_vec": self.coords(slots).view(bsz, self.max_sites, 3, 2),  # (cos, sin) of 2 pi frac
+            "lattice_std": lat,
+        }
 
     def sample(
         self,
@@ -131,42 +196,53 @@ class CrystalDecoderHead(nn.Module):
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
     ) -> CrystalBatch:
-        """Straight-through Gumbel sample: one-hot species forward, soft gradients backward.
-
-        Every sample gets at least one occupied site (the slot least likely to be empty).
-        """
-        logits = raw["species_logits"] / temperature
-        u = torch.rand(logits.shape, generator=generator, device=logits.device).clamp(1e-10, 1 - 1e-10)
-        noisy = logits - torch.log(-torch.log(u))
-        soft = torch.softmax(noisy / tau, dim=-1)
-        idx = noisy.argmax(-1)  # [B, S]
-        empty_rows = (idx == 0).all(1)
-        if empty_rows.any():
-            probs = torch.softmax(logits[empty_rows], -1)
-            slot = (1 - probs[..., 0]).argmax(1)
+        """Straight-through Gumbel samples of palette and site types: one-hot species forward,
+        soft gradients backward. Every sample gets at least one occupied site."""
+        pal_soft, pal_idx = _gumbel(raw["palette_logits"] / temperature, tau, generator)
+        typ_logits = raw["type_logits"] / temperature
+        typ_soft, typ_idx = _gumbel(typ_logits, tau, generator)
+        empty_rows = (typ_idx == 0).all(1)
+        if empty_rows.any():  # occupy the slot least likely to be empty, with palette entry 0
             rows = empty_rows.nonzero().squeeze(1)
-            idx[rows, slot] = logits[rows, slot, 1:].argmax(-1) + 1
-        hard = F.one_hot(idx, N_SPECIES).to(soft.dtype)
-        species = hard - soft.detach() + soft
+            slot = (1 - torch.softmax(typ_logits[rows], -1)[..., 0]).argmax(1)
+            typ_idx[rows, slot] = 1
+        palette = _straight_through(pal_soft, pal_idx)  # [B, K, V]
+        types = _straight_through(typ_soft, typ_idx)  # [B, S, K + 1]
+        empty = F.one_hot(torch.zeros((), dtype=torch.long, device=palette.device), N_SPECIES).to(palette.dtype)
+        species = types[..., :1] * empty + torch.einsum("bsk,bkv->bsv", types[..., 1:], palette)
         vec = raw["coord_vec"]
         frac = torch.remainder(torch.atan2(vec[..., 1], vec[..., 0]) / TWO_PI, 1.0)
-        n = (1 - species[..., 0]).sum(1)
+        # the N^(1/3) scale of the lattice is a convention: no gradient flows through the atom count
+        n = (typ_idx > 0).sum(1).to(vec.dtype)
         lattice = self.scaler.from_std(raw["lattice_std"], n)
         return CrystalBatch(species, frac, lattice)
 
     def reconstruction_loss(self, raw: dict[str, torch.Tensor], t: CrystalTensors) -> dict[str, torch.Tensor]:
-        """Per-term means: species cross-entropy over all slots (this learns the site count),
-        wrap-aware coordinate loss 1 - cos(2 pi (f_hat - f)) over occupied slots, lattice MSE."""
+        """Negative log-likelihood terms per crystal (summed over its parts, averaged over the batch),
+        on the same per-sample scale as the KL term:
+
+        * ``palette``: cross-entropy of the K palette entries (unused entries have target 0);
+        * ``sites``: cross-entropy of each slot's type (empty or palette index), all slots;
+        * ``coords``: wrap-aware ``1 - cos(2 pi (f_hat - f))`` summed over occupied slots and axes
+          (a von Mises log-likelihood up to constants), plus ``(|v| - 1)^2`` for the (cos, sin)
+          vector ``v``, which keeps the angle's gradient bounded;
+        * ``lattice``: squared error of the six standardised lattice numbers, summed.
+        """
         mask = t.z > 0
-        logits = raw["species_logits"]
-        species = F.cross_entropy(logits.reshape(-1, N_SPECIES), t.z.reshape(-1))
-        vec = F.normalize(raw["coord_vec"], dim=-1)
+        bsz = t.z.shape[0]
+        pal_target, type_target = palette_targets(t.z, self.n_palette)
+        palette = F.cross_entropy(raw["palette_logits"].reshape(-1, N_SPECIES), pal_target.reshape(-1), reduction="sum")
+        sites = F.cross_entropy(raw["type_logits"].reshape(-1, self.n_palette + 1), type_target.reshape(-1), reduction="sum")
+        vec = raw["coord_vec"]
+        norm = torch.linalg.vector_norm(vec, dim=-1)  # [B, S, 3]
         ang = TWO_PI * t.frac
         target = torch.stack([torch.cos(ang), torch.sin(ang)], dim=-1)
-        cos_err = 1 - (vec * target).sum(-1)  # [B, S, 3]
-        coords = (cos_err * mask[..., None]).sum() / (3 * mask.sum()).clamp(min=1)
-        lattice = F.mse_loss(raw["lattice_std"], self.scaler.to_std(t.lattice, mask.sum(1).float()))
-        return {"species": species, "coords": coords, "lattice": lattice}
+        cos_err = 1 - (vec * target).sum(-1) / norm.clamp(min=1e-6)  # 1 - cos(2 pi (f_hat - f))
+        # keeping |vec| near 1 bounds the gradient of atan2 (it grows as 1/|vec|) when sampling
+        coords = (cos_err * mask[..., None]).sum() + ((norm - 1) ** 2 * mask[..., None]).sum()
+        lat_target = self.scaler.to_std(t.lattice, mask.sum(1).float())
+        lattice = F.mse_loss(raw["lattice_std"], lat_target, reduction="sum")
+        return {"palette": palette / bsz, "sites": sites / bsz, "coords": coords / bsz, "lattice": lattice / bsz}
 
 
 class _RBF(nn.Module):
@@ -232,9 +308,6 @@ class CrystalDiscBody(nn.Module):
         pair = (mask[:, :, None] * mask[:, None, :])[..., None]
         d_occ = (d + 1e3 * (1 - pair)).masked_fill(self_pair_mask(p.shape[1], p.device), 1e3)
         d_min = d_occ.amin(dim=(1, 2, 3)).clamp(max=5.0)
-        glob = torch.cat(
-            [lat[:, :3], torch.cos(torch.deg2rad(lat[:, 3:])), torch.log(n.clamp(min=1e-3))[:, None], d_min[:, None]],
-            dim=1,
-        )
+        glob = torch.cat([lat, torch.log(n.clamp(min=1e-3))[:, None], d_min[:, None]], dim=1)
         pooled = torch.cat([masked_mean(h, mask), (h * mask[..., None]).sum(1) / p.shape[1], glob], dim=1)
         return self.out(pooled)

@@ -2,11 +2,16 @@
 
 A crystal is a lattice plus up to ``S`` sites; empty slots are padding (species class 0).
 
+The lattice is stored as the six non-zero entries of a lower-triangular matrix whose rows are the
+lattice vectors, ``lattice = (l11, l21, l22, l31, l32, l33)`` in Angstrom:
+``a = (l11, 0, 0)``, ``b = (l21, l22, 0)``, ``c = (l31, l32, l33)`` (the Cholesky factor of the
+metric tensor). Any such matrix with a positive diagonal is a real cell, distances and volume are
+polynomials of it (no trigonometry in the gradients), and it is unique for a given cell.
+
 Two forms:
 
 * :class:`CrystalTensors` (storage, hard): ``z`` [N, S] atomic numbers (0 = empty),
-  ``frac`` [N, S, 3] fractional coordinates in [0, 1), ``lattice`` [N, 6] as
-  (a, b, c) in Angstrom and (alpha, beta, gamma) in degrees.
+  ``frac`` [N, S, 3] fractional coordinates in [0, 1), ``lattice`` [N, 6] as above.
 * :class:`CrystalBatch` (model input, soft): ``species`` [B, S, V] class probabilities
   (one-hot for real crystals, straight-through Gumbel samples for generated ones),
   ``frac`` and ``lattice`` as above. Everything the discriminator and the physics penalty
@@ -21,7 +26,6 @@ same prototype fills the same slots.
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from dataclasses import dataclass
 
@@ -73,7 +77,7 @@ class CrystalBatch:
 
     species: torch.Tensor  # [B, S, V]
     frac: torch.Tensor  # [B, S, 3]
-    lattice: torch.Tensor  # [B, 6]
+    lattice: torch.Tensor  # [B, 6] lower-triangular lattice, Angstrom
 
     def __len__(self) -> int:
         return self.species.shape[0]
@@ -92,30 +96,49 @@ class CrystalBatch:
 
 
 # ----------------------------------------------------------------------------- lattice geometry
-def lattice_matrix(params: torch.Tensor) -> torch.Tensor:
-    """Lattice vectors as rows, [B, 3, 3] in Angstrom, from [B, 6] (a, b, c, alpha, beta, gamma in degrees).
+def lattice_matrix(lattice: torch.Tensor) -> torch.Tensor:
+    """[B, 6] (l11, l21, l22, l31, l32, l33) -> [B, 3, 3] lattice vectors as rows, Angstrom."""
+    l11, l21, l22, l31, l32, l33 = lattice.unbind(1)
+    zero = torch.zeros_like(l11)
+    return torch.stack(
+        [torch.stack([l11, zero, zero], -1), torch.stack([l21, l22, zero], -1), torch.stack([l31, l32, l33], -1)],
+        dim=1,
+    )
 
-    Same convention as ``pymatgen.core.Lattice.from_parameters``; differentiable, and finite for
-    impossible angle triples (they give a flattened, near-zero-volume cell).
-    """
+
+def cell_volume(lattice: torch.Tensor) -> torch.Tensor:
+    """[B] cell volume in Angstrom^3 (the product of the diagonal)."""
+    return (lattice[:, 0] * lattice[:, 2] * lattice[:, 5]).abs()
+
+
+def lattice_lengths(lattice: torch.Tensor) -> torch.Tensor:
+    """[B, 3] lengths a, b, c in Angstrom."""
+    return torch.linalg.vector_norm(lattice_matrix(lattice), dim=-1)
+
+
+def params_to_cholesky(params: torch.Tensor) -> torch.Tensor:
+    """[B, 6] lattice parameters (a, b, c in Angstrom; alpha, beta, gamma in degrees) -> [B, 6] lattice."""
     a, b, c = params[:, 0], params[:, 1], params[:, 2]
-    al, be, ga = (torch.deg2rad(params[:, i]) for i in (3, 4, 5))
-    ca, cb, cg = torch.cos(al), torch.cos(be), torch.cos(ga)
-    sa, sb = torch.sin(al), torch.sin(be)
-    val = ((ca * cb - cg) / (sa * sb).clamp(min=1e-6)).clamp(-1 + 1e-6, 1 - 1e-6)
-    sin_gs = torch.sqrt(1 - val**2)
-    zero = torch.zeros_like(a)
-    va = torch.stack([a * sb, zero, a * cb], -1)
-    vb = torch.stack([-b * sa * val, b * sa * sin_gs, b * ca], -1)
-    vc = torch.stack([zero, zero, c], -1)
-    return torch.stack([va, vb, vc], dim=1)
-
-
-def cell_volume(params: torch.Tensor) -> torch.Tensor:
-    """[B] cell volume in Angstrom^3 from [B, 6] parameters (0 for impossible angle triples)."""
     ca, cb, cg = (torch.cos(torch.deg2rad(params[:, i])) for i in (3, 4, 5))
-    f = 1 - ca**2 - cb**2 - cg**2 + 2 * ca * cb * cg
-    return params[:, 0] * params[:, 1] * params[:, 2] * torch.sqrt(f.clamp(min=1e-12))
+    sg = torch.sin(torch.deg2rad(params[:, 5])).clamp(min=1e-6)
+    l31 = c * cb
+    l32 = c * (ca - cb * cg) / sg
+    l33 = torch.sqrt((c**2 - l31**2 - l32**2).clamp(min=1e-12))
+    return torch.stack([a, b * cg, b * sg, l31, l32, l33], dim=1)
+
+
+def cholesky_to_params(lattice: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`params_to_cholesky`."""
+    l11, l21, l22, l31, l32, l33 = lattice.unbind(1)
+    a = l11.abs()
+    b = torch.sqrt(l21**2 + l22**2)
+    c = torch.sqrt(l31**2 + l32**2 + l33**2)
+    lim = 1 - 1e-9
+    cos_a = ((l21 * l31 + l22 * l32) / (b * c)).clamp(-lim, lim)
+    cos_b = (l31 / c).clamp(-lim, lim)
+    cos_g = (l21 / b).clamp(-lim, lim)
+    angles = torch.rad2deg(torch.arccos(torch.stack([cos_a, cos_b, cos_g], dim=1)))
+    return torch.cat([torch.stack([a, b, c], dim=1), angles], dim=1)
 
 
 _IMAGES = torch.tensor([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)], dtype=torch.float32)
@@ -127,7 +150,7 @@ def image_distances(frac: torch.Tensor, lattice: torch.Tensor) -> torch.Tensor:
 
     Args:
         frac: [B, S, 3] fractional coordinates.
-        lattice: [B, 6] lattice parameters.
+        lattice: [B, 6] lower-triangular lattice (see module docstring).
 
     Returns:
         [B, S, S, 27] distances in Angstrom; entry (i, j, k) is |f_j - f_i + n_k| in Cartesian
@@ -190,7 +213,8 @@ def encode_structure(structure: Structure, max_sites: int, standardize: bool = T
     fs = np.zeros((max_sites, 3), dtype=np.float32)
     zs[:n] = z[order]
     fs[:n] = frac[order]
-    lat = np.array(s.lattice.parameters, dtype=np.float32)
+    params = torch.tensor([s.lattice.parameters], dtype=torch.float64)
+    lat = params_to_cholesky(params)[0].numpy().astype(np.float32)
     if not np.all(np.isfinite(lat)) or s.volume <= 0:
         raise EncodeError("degenerate lattice")
     return zs, fs, lat
@@ -217,11 +241,10 @@ def decode(tensors: CrystalTensors) -> list[Structure]:
     """Hard tensors -> pymatgen structures (empty slots dropped). Always returns one structure per row."""
     z = tensors.z.cpu().numpy()
     frac = tensors.frac.detach().cpu().double().numpy()
-    lat = tensors.lattice.detach().cpu().double().numpy()
+    mats = lattice_matrix(tensors.lattice.detach().cpu().double()).numpy()
     out = []
-    for zi, fi, li in zip(z, frac, lat, strict=True):
+    for zi, fi, mi in zip(z, frac, mats, strict=True):
         keep = zi > 0
-        params = [float(x) if math.isfinite(x) else 1e-3 for x in li]
-        lattice = Lattice.from_parameters(*params)
+        lattice = Lattice(np.nan_to_num(mi, nan=1e-3, posinf=1e3, neginf=-1e3))
         out.append(Structure(lattice, zi[keep].tolist(), np.mod(fi[keep], 1.0), coords_are_cartesian=False))
     return out
