@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # the local Prefect server otherwise tries to reach its telemetry service at every start
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # spglib prints a C-level line for every cell it cannot standardise (we fall back quietly)
+    os.environ.setdefault("SPGLIB_WARNING", "OFF")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

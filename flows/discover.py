@@ -58,6 +58,24 @@ def _finished_round(out_dir: Path, k: int) -> dict | None:
     return None
 
 
+def _check_campaign_dir(out: Path, cfg_data: dict) -> None:
+    """A campaign directory resumes only the campaign it was made for."""
+    from design.config import flatten_differences
+
+    previous = out / "config.json"
+    if not previous.is_file():
+        return
+    old = json.loads(previous.read_text())
+    ignore = ("tracking", "output")
+    diff = flatten_differences({k: v for k, v in old.items() if k not in ignore},
+                               {k: v for k, v in cfg_data.items() if k not in ignore})
+    if diff:
+        raise ValueError(
+            f"campaign directory {out} holds a campaign with another config (differs in {', '.join(diff[:5])}); "
+            "pass another --out, or delete that directory to start over"
+        )
+
+
 @flow(name="discover")
 def discover(config: dict, out_dir: str | None = None) -> dict:
     """Run a discovery campaign for ``config`` (a validated RunConfig as a dict); return a summary."""
@@ -70,6 +88,7 @@ def discover(config: dict, out_dir: str | None = None) -> dict:
     cfg = config_from_dict(config)
     cfg_data = cfg.model_dump(mode="json")
     out = Path(out_dir or Path(cfg.output.dir) / cfg.name).resolve()
+    _check_campaign_dir(out, cfg_data)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.json", cfg.model_dump_json(indent=2))
     t0 = time.time()

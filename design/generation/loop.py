@@ -98,7 +98,8 @@ class _StoredCheck:
     def __init__(self, row):
         self.structural = bool(row.structural_valid)
         self.compositional = bool(row.compositional_valid)
-        self.reasons = tuple(r for r in str(row.reasons or "").split("; ") if r)
+        text = row.reasons if isinstance(row.reasons, str) else ""  # empty cells read back as NaN
+        self.reasons = tuple(r for r in text.split("; ") if r)
 
     @property
     def valid(self) -> bool:

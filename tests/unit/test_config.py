@@ -67,3 +67,11 @@ def test_overrides_and_generator_key(tmp_path):
     # generation settings and the name do not change the trained generator; training settings do
     assert generator_key(base) == generator_key(same)
     assert generator_key(base) != generator_key(changed)
+
+
+def test_flatten_differences():
+    from design.config import flatten_differences
+
+    a = {"train": {"epochs": 3, "lr_g": 1e-3}, "name": "x"}
+    b = {"train": {"epochs": 4, "lr_g": 1e-3}, "name": "x", "seed": 1}
+    assert flatten_differences(a, b) == ["seed", "train.epochs"]

@@ -9,7 +9,7 @@ from design.data import sources
 from design.data.crystals import DatasetFormatError, load_crystal_dataset
 from design.data.sources import DataNotFoundError, resolve
 
-from conftest import TRAIN
+from testkit import TRAIN
 
 
 def _real_rows(n):

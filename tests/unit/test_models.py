@@ -8,7 +8,7 @@ from design.domains.crystal.tensors import CrystalBatch
 from design.models import build_model
 from design.training.losses import LOSSES, get_loss
 
-from conftest import tiny_config
+from testkit import tiny_config
 
 
 @pytest.fixture(scope="module")

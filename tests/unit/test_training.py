@@ -6,7 +6,7 @@ from design.training import trainer as trainer_mod
 from design.training.checkpoint import load_checkpoint
 from design.training.trainer import RESUME_NAME, Trainer
 
-from conftest import tiny_config
+from testkit import tiny_config
 
 
 def _train(cfg, workdir):
