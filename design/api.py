@@ -71,6 +71,7 @@ class Generator:
         device: torch.device,
         source: str = "",
         history: list[dict] | None = None,
+        train_info: dict | None = None,
     ):
         self.model = model.eval()
         self.domain = domain
@@ -83,6 +84,7 @@ class Generator:
         self.device = device
         self.source = source
         self.history = history or []
+        self.train_info = train_info or {}  # n_train, device, wall_s of the training run
         self.penalty = domain.build_penalty().to(device)
 
     @classmethod
@@ -115,6 +117,7 @@ class Generator:
             dev,
             source=str(path),
             history=blob.get("history", []),
+            train_info=blob.get("train_info", {}),
         )
 
     # ------------------------------------------------------------------ conditioning

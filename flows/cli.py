@@ -4,6 +4,7 @@
     invdes train    --config configs/crystal.yaml [--force] [--set ...]
     invdes generate --model models:/crystal-generator@champion --n 100 --seed 0 --out DIR
                     [--target formation_energy_per_atom=-2.0] [--valid-only]
+    invdes bench crystal --model models:/crystal-generator@champion --n 10000 --json bench.json
 """
 
 from __future__ import annotations
@@ -92,6 +93,31 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from design.benchmark import format_table
+
+    if args.n < 2:
+        raise ValueError(f"--n must be at least 2, got {args.n}")
+    if args.track:
+        from flows.bench import benchmark
+
+        metrics = benchmark(args.model, args.n, args.seed, args.reference, args.json, args.w1_samples,
+                            args.cov_samples, args.temperature)
+    else:
+        from design.api import load_generator
+        from design.benchmark import DEFAULT_REFERENCE, run_crystal_benchmark, write_json
+
+        metrics = run_crystal_benchmark(load_generator(args.model), args.n, args.seed,
+                                        args.reference or DEFAULT_REFERENCE, args.w1_samples, args.cov_samples,
+                                        temperature=args.temperature)
+        if args.json:
+            write_json(metrics, args.json)
+    print(format_table(metrics))
+    if args.json:
+        print(f"\nJSON written to {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="invdes", description="Adversarial inverse design of crystals.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -117,6 +143,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--target", action="append", metavar="PROPERTY=VALUE", help="condition on a property value")
     g.add_argument("--valid-only", action="store_true", help="sample until N candidates pass the exact checks")
     g.set_defaults(func=cmd_generate)
+
+    b = sub.add_parser("bench", help="benchmark a trained generator (CDVAE-protocol metrics, throughput)")
+    b.add_argument("domain", choices=["crystal"], help="which benchmark")
+    b.add_argument("--model", required=True, help="models:/crystal-generator@champion, runs:/..., or a checkpoint path")
+    b.add_argument("--n", type=int, default=10_000, help="structures to generate (default 10000)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--json", help="write the metrics as JSON here")
+    b.add_argument("--reference", help="reference split (default crystals/mp_20_biternary/test.csv.gz)")
+    b.add_argument("--w1-samples", type=int, default=1000, help="valid samples for the Wasserstein distances")
+    b.add_argument("--cov-samples", type=int, help="cap on valid samples fingerprinted for COV (default: all)")
+    b.add_argument("--temperature", type=float, help="element-sampling temperature (default: the generator's)")
+    b.add_argument("--no-track", dest="track", action="store_false", help="do not run as a flow / log to MLflow")
+    b.set_defaults(func=cmd_bench)
     return p
 
 

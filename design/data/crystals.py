@@ -9,7 +9,6 @@ and every argument that changes the result, so the second load of a split takes 
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from design.data.sources import cache_dir, resolve, sha256_of
 from design.domains.base import EncodedDataset
 from design.domains.crystal.tensors import EncodeError, encode_structure, stack
+from design.parallel import chunked_map, default_workers
 from design.utils import atomic_path
 
 log = logging.getLogger(__name__)
@@ -69,42 +69,9 @@ def _parse_row(cif: object, props: list[float], max_sites: int, standardize: boo
         return reason, None
 
 
-def _parse_chunk(args: tuple) -> list:
-    cifs, ys, max_sites, standardize = args
-    return [_parse_row(c, y, max_sites, standardize) for c, y in zip(cifs, ys, strict=True)]
-
-
-def _parse_all(cifs: list, y_all: np.ndarray, max_sites: int, standardize: bool, source: str, workers: int) -> list:
-    """Parse rows in order; with ``workers > 1`` in chunks on a process pool (CIF parsing and spglib
-    hold the GIL, so threads would not help). Falls back to one process if the pool cannot start
-    (e.g. when the main module cannot be re-imported, as for code piped to ``python -``)."""
-    n = len(cifs)
-    chunk = 250
-    jobs = [(cifs[i : i + chunk], y_all[i : i + chunk], max_sites, standardize) for i in range(0, n, chunk)]
-    out: list = []
-    if workers > 1 and len(jobs) > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-        from concurrent.futures.process import BrokenProcessPool
-
-        try:
-            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-                for part in pool.map(_parse_chunk, jobs):
-                    out.extend(part)
-                    _progress(len(out), n, chunk, source)
-            return out
-        except (BrokenProcessPool, OSError) as err:
-            log.warning("parallel featurisation unavailable (%s); continuing in one process", err)
-            out = []
-    for job in jobs:
-        out.extend(_parse_chunk(job))
-        _progress(len(out), n, chunk, source)
-    return out
-
-
-def _progress(done: int, n: int, chunk: int, source: str) -> None:
-    if done % 1000 < chunk or done == n:
-        log.info("featurised %d/%d rows of %s", done, n, source)
+def _parse_chunk(rows: list) -> list:
+    """[(cif, props, max_sites, standardize), ...] -> [(skip reason or None, encoded or None), ...]"""
+    return [_parse_row(*row) for row in rows]
 
 
 def featurize_table(
@@ -120,8 +87,9 @@ def featurize_table(
     y_all = df[list(properties)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
     n = len(df)
     if workers is None:
-        workers = min(os.cpu_count() or 1, 8) if n >= 1000 else 1
-    parsed = _parse_all(list(df["cif"]), y_all, max_sites, standardize, source, workers)
+        workers = default_workers(n)
+    rows = [(cif, y, max_sites, standardize) for cif, y in zip(df["cif"], y_all, strict=True)]
+    parsed = chunked_map(_parse_chunk, rows, workers, label=f"featurised rows of {source}")
     for i, (mid, (reason, enc)) in enumerate(zip(df["material_id"], parsed, strict=True)):
         if reason is not None:
             skipped[reason] += 1

@@ -72,18 +72,23 @@ def filter_round(domain: Domain, config: RunConfig, k: int, out_dir: Path, refer
     """Annotate uniqueness/novelty, keep what passes the filters; write ``accepted.csv.gz`` and ``counts.json``."""
     rdir = round_dir(out_dir, k)
     table = read_table(rdir / "generated.csv.gz")
-    cands = from_table(table, domain)
-    # validity was decided when generated: reuse those flags rather than recheck
-    checks = {row.id: row for row in table.itertuples(index=False)}
+    # validity was decided when generated: reuse those flags rather than recheck, and rebuild
+    # objects only for rows the filter may keep (an invalid one may not survive its file format)
+    valid_rows = table[table["valid"].astype(bool)] if config.filter.require_valid else table
+    cands = from_table(valid_rows, domain, skip_unreadable=not config.filter.require_valid)
+    checks = {row.id: row for row in valid_rows.itertuples(index=False)}
     for c in cands:
         c.check = _StoredCheck(checks[c.id])
     t0 = time.time()
     counts = annotate(cands, domain, reference, seen_index(domain, out_dir, k))
+    counts.generated = len(table)
+    counts.valid_structural = int(table["structural_valid"].astype(bool).sum())
+    counts.valid_compositional = int(table["compositional_valid"].astype(bool).sum())
     kept = select(cands, config.filter.require_valid, config.filter.require_unique, config.filter.require_novel)
     kept_ids = {c.id for c in kept}
     flags = {c.id: (c.scores["unique"], c.scores["novel"]) for c in cands}
-    table["unique"] = [bool(flags[i][0]) for i in table["id"]]
-    table["novel"] = [bool(flags[i][1]) for i in table["id"]]
+    table["unique"] = [bool(flags.get(i, (0.0, 0.0))[0]) for i in table["id"]]
+    table["novel"] = [bool(flags.get(i, (0.0, 0.0))[1]) for i in table["id"]]
     write_table(table[table["id"].isin(kept_ids)], rdir / "accepted.csv.gz")
     metrics = _round_metrics(counts, table, len(kept))
     atomic_write_text(rdir / "counts.json", json.dumps(metrics, indent=2))

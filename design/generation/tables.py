@@ -8,12 +8,15 @@ SMILES text) in the internal per-round files.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pandas as pd
 
 from design.domains.base import Candidate, Domain
 from design.utils import atomic_path
+
+log = logging.getLogger(__name__)
 
 TEXT_COLUMN = "structure"
 
@@ -38,8 +41,12 @@ def to_table(candidates: list[Candidate], domain: Domain, round_index: int | Non
     return pd.DataFrame(rows)
 
 
-def from_table(table: pd.DataFrame, domain: Domain) -> list[Candidate]:
-    """Rebuild candidates (objects from the text column; scores from numeric columns; no check)."""
+def from_table(table: pd.DataFrame, domain: Domain, skip_unreadable: bool = False) -> list[Candidate]:
+    """Rebuild candidates (objects from the text column; scores from numeric columns; no check).
+
+    With ``skip_unreadable`` a row whose text does not parse back (e.g. an invalid sample with no
+    atoms) is left out and logged instead of raising.
+    """
     if TEXT_COLUMN not in table:
         raise ValueError(f"candidate table has no {TEXT_COLUMN!r} column; it was written without structures")
     score_cols = [c for c in table.columns if c in ("realism", "penalty") or c.startswith("pred_")]
@@ -50,7 +57,14 @@ def from_table(table: pd.DataFrame, domain: Domain) -> list[Candidate]:
         for flag in ("unique", "novel"):
             if flag in r:
                 scores[flag] = float(bool(r[flag]))
-        out.append(Candidate(id=str(r["id"]), obj=domain.deserialize(r[TEXT_COLUMN]), scores=scores))
+        try:
+            obj = domain.deserialize(r[TEXT_COLUMN])
+        except Exception as err:  # parsers raise many types on text they cannot read
+            if not skip_unreadable:
+                raise ValueError(f"candidate {r['id']!r}: its {TEXT_COLUMN} text does not parse ({err!r})") from err
+            log.warning("candidate %s left out: its %s text does not parse (%r)", r["id"], TEXT_COLUMN, err)
+            continue
+        out.append(Candidate(id=str(r["id"]), obj=obj, scores=scores))
     return out
 
 

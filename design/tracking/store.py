@@ -63,7 +63,8 @@ def flatten(d: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def _finite(metrics: dict[str, float]) -> dict[str, float]:
+def finite_metrics(metrics: dict) -> dict[str, float]:
+    """The entries of ``metrics`` that are finite numbers (MLflow rejects NaN and non-numbers)."""
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(float(v))}
 
 
@@ -73,7 +74,7 @@ def log_metrics_series(rows: Iterable[dict[str, float]], step_key: str, prefix: 
 
     for row in rows:
         step = int(row[step_key])
-        metrics = {f"{prefix}{k}": v for k, v in _finite(row).items() if k != step_key}
+        metrics = {f"{prefix}{k}": v for k, v in finite_metrics(row).items() if k != step_key}
         mlflow.log_metrics(metrics, step=step)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -123,3 +124,31 @@ def test_cli_generate_and_downstream_example(campaign, tmp_path):
         check=True, env=env, cwd=tmp_path, capture_output=True, text=True,
     )
     assert "energy per atom" in example.stdout
+
+
+def test_cli_bench_runs_the_flow_and_logs_to_mlflow(campaign, tmp_path, monkeypatch, capsys):
+    from mlflow import MlflowClient
+
+    from design.data.sources import resolve
+    from flows.cli import main
+
+    ref = tmp_path / "ref.csv.gz"
+    pd.read_csv(resolve("crystals/mp_20_biternary/test.csv.gz"), nrows=16).to_csv(ref, index=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", campaign["uri"])
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "crystal", "--model", "models:/crystal-generator@champion", "--n", "40",
+               "--reference", str(ref), "--w1-samples", "10", "--json", str(out)])
+    assert rc == 0
+    assert "structural_validity" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    client = MlflowClient(tracking_uri=campaign["uri"])
+    exp = client.get_experiment_by_name("crystal-benchmark")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1
+    logged = runs[0].data
+    assert logged.params["n"] == "40" and logged.params["model"] == "models:/crystal-generator@champion"
+    for key in ("structural_validity", "compositional_validity", "cov_recall", "w1_density",
+                "sample_decode_check_per_s"):
+        assert logged.metrics[key] == pytest.approx(result[key]), key
+    names = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
+    assert {"benchmark.json", "benchmark.txt"} <= names

@@ -61,3 +61,30 @@ def test_ranking_to_a_target():
     cfg = RankConfig(property_weights={"formation_energy_per_atom": 1.0},
                      property_goals={"formation_energy_per_atom": "target"})
     assert rank_table(table, cfg, {"formation_energy_per_atom": -2.0})["id"].tolist() == ["b", "a"]
+
+
+def test_filter_round_survives_a_sample_with_no_atoms(tmp_path):
+    """Invalid rows are counted from their stored flags; only rows the filter may keep are parsed back."""
+    import json
+
+    from design.generation.loop import filter_round, round_dir
+    from design.generation.tables import to_table, write_table
+
+    from testkit import tiny_config
+
+    dom = CrystalDomain()
+    cands = [
+        Candidate("r00-a", rock_salt(), scores={"realism": 0.5, "penalty": 0.0}),
+        Candidate("r00-b", rock_salt(5.7).get_primitive_structure(), scores={"realism": 0.4, "penalty": 0.0}),
+        Candidate("r00-c", Structure(Lattice.cubic(3.0), [], []), scores={"realism": 0.1, "penalty": 1.0}),
+        Candidate("r00-d", rock_salt(cation="K"), scores={"realism": 0.3, "penalty": 0.0}),
+    ]
+    for c in cands:
+        c.check = dom.check(c.obj)
+    write_table(to_table(cands, dom, round_index=0), round_dir(tmp_path, 0) / "generated.csv.gz")
+    reference = ReferenceIndex.build(dom, [rock_salt(cation="K")])
+    m = filter_round(dom, tiny_config(), 0, tmp_path, reference)
+    assert (m["generated"], m["valid_structural"], m["valid"], m["unique"], m["novel"]) == (4, 3, 3, 2, 1)
+    accepted = pd.read_csv(round_dir(tmp_path, 0) / "accepted.csv.gz")
+    assert accepted["id"].tolist() == ["r00-a"]
+    assert json.loads((round_dir(tmp_path, 0) / "counts.json").read_text())["generated"] == 4

@@ -106,3 +106,27 @@ def test_palette_targets_hand_example():
     assert types.tolist() == [[1, 1, 2, 2, 0], [1, 2, 3, 3, 3]]
     with pytest.raises(ValueError, match="3 distinct elements, more than the palette size 2"):
         palette_targets(z, 2)
+
+
+def test_slots_pointing_at_unused_palette_entries_are_empty(setup):
+    """A slot that picks an unused palette entry decodes as empty; a crystal whose every occupied
+    slot did so still gets one real atom (this once gave structures with no sites)."""
+    cfg, dom, _, model = setup
+    head = model.generator.head
+    k, s = cfg.model.max_elements, 20
+    big = 1e4
+    palette = torch.full((2, k, 104), -big)
+    palette[:, 0, 11] = big  # entry 0: Na
+    palette[:, 1:, 0] = big  # entries 1..: unused
+    types = torch.full((2, s, k + 1), -big)
+    types[0, :, 2] = big  # every slot of crystal 0 points at (unused) entry 1
+    types[1, :3, 1] = big  # crystal 1: three Na sites, the rest point at entry 1
+    types[1, 3:, 2] = big
+    raw = {"palette_logits": palette, "type_logits": types, "coord_vec": torch.randn(2, s, 3, 2),
+           "lattice_std": torch.zeros(2, 6)}
+    batch = head.sample(raw, generator=torch.Generator().manual_seed(0))
+    z = batch.species.argmax(-1)
+    assert (z[0] > 0).sum() == 1 and set(z[0].tolist()) == {0, 11}
+    assert (z[1] > 0).sum() == 3 and set(z[1].tolist()) == {0, 11}
+    structures = dom.decode(dom.batch_to_tensors(batch))
+    assert [len(x) for x in structures] == [1, 3]

@@ -197,10 +197,14 @@ class CrystalDecoderHead(nn.Module):
         generator: torch.Generator | None = None,
     ) -> CrystalBatch:
         """Straight-through Gumbel samples of palette and site types: one-hot species forward,
-        soft gradients backward. Every sample gets at least one occupied site."""
+        soft gradients backward. A slot pointing at an unused palette entry is empty; every sample
+        gets at least one occupied site (palette entry 0 is always an element)."""
         pal_soft, pal_idx = _gumbel(raw["palette_logits"] / temperature, tau, generator)
         typ_logits = raw["type_logits"] / temperature
         typ_soft, typ_idx = _gumbel(typ_logits, tau, generator)
+        # a slot that points at an unused palette entry (species 0) is empty
+        entry_unused = torch.gather(pal_idx == 0, 1, (typ_idx - 1).clamp(min=0))  # [B, S]
+        typ_idx = typ_idx.masked_fill((typ_idx > 0) & entry_unused, 0)
         empty_rows = (typ_idx == 0).all(1)
         if empty_rows.any():  # occupy the slot least likely to be empty, with palette entry 0
             rows = empty_rows.nonzero().squeeze(1)

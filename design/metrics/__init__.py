@@ -1,0 +1,1 @@
+"""Metrics of generated samples against reference data (one module per domain)."""
