@@ -146,21 +146,36 @@ class Generator:
         target: dict[str, float] | None = None,
         temperature: float | None = None,
         batch_size: int | None = None,
+        score: bool = True,
     ) -> GeneratedBatch:
-        """Sample ``n`` tensors with scores (realism in [0, 1], predicted properties in physical units, penalty)."""
+        """Sample ``n`` tensors (one generator call per batch) and, with ``score``, their scores
+        (see :meth:`score`); without it ``scores`` is empty, which is faster when only the
+        structures are wanted."""
         _check_count(n)
         temperature = self.config.generate.temperature if temperature is None else float(temperature)
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         bs = batch_size or self.config.generate.batch_size
         gen = torch.Generator(device=self.device).manual_seed(int(seed))
-        parts, scores = [], {}
+        parts = []
         for start in range(0, n, bs):
             m = min(bs, n - start)
             z = self.latent_prior.sample(m, generator=gen)
             c = self.condition(m, target, gen)
             raw = self.model.generator(z, c)
             batch = self.model.generator.head.sample(raw, tau=1.0, temperature=temperature, generator=gen)
+            parts.append(self.domain.batch_to_tensors(batch).to("cpu"))
+        tensors = parts[0] if len(parts) == 1 else _concat(parts)
+        return GeneratedBatch(tensors, self.score(tensors, bs) if score else {})
+
+    @torch.no_grad()
+    def score(self, tensors: Any, batch_size: int | None = None) -> dict[str, torch.Tensor]:
+        """[N] scores of hard tensors: ``realism`` (discriminator, in [0, 1]), ``penalty`` (physics,
+        >= 0) and ``pred_<property>`` (discriminator's property heads, physical units); on CPU."""
+        bs = batch_size or self.config.generate.batch_size
+        scores: dict[str, list[torch.Tensor]] = {}
+        for start in range(0, len(tensors), bs):
+            batch = self.domain.real_batch(tensors.subset(slice(start, start + bs)).to(self.device))
             d = self.model.discriminator(batch)
             props = d.properties * self.property_std + self.property_mean
             part = {"realism": torch.sigmoid(d.realism), "penalty": self.penalty(batch)}
@@ -168,9 +183,7 @@ class Generator:
                 part[f"pred_{name}"] = props[:, j]
             for k, v in part.items():
                 scores.setdefault(k, []).append(v.cpu())
-            parts.append(self.domain.batch_to_tensors(batch).to("cpu"))
-        tensors = parts[0] if len(parts) == 1 else _concat(parts)
-        return GeneratedBatch(tensors, {k: torch.cat(v) for k, v in scores.items()})
+        return {k: torch.cat(v) for k, v in scores.items()}
 
     def candidates(self, batch: GeneratedBatch, id_prefix: str = "g", check: bool = True) -> list[Candidate]:
         cls = _CANDIDATE_TYPES.get(self.domain.name, Candidate)

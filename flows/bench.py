@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger, task
 
 
 @task(name="crystal-benchmark")
-def crystal_benchmark_task(model: str, n: int, seed: int, reference: str, w1_samples: int,
+def crystal_benchmark_task(model: str, n: int, seed: int, reference: str | None, w1_samples: int,
                            cov_samples: int | None, temperature: float | None) -> dict:
     from design.api import load_generator
     from design.benchmark import run_crystal_benchmark
@@ -39,18 +39,17 @@ def benchmark(
     """Benchmark generator ``model`` (checkpoint path or models:/ URI); return the metrics dict."""
     import mlflow
 
-    from design.benchmark import DEFAULT_REFERENCE, format_table, write_json
+    from design.benchmark import format_table, write_json
     from design.tracking import store
 
     logger = get_run_logger()
-    reference = reference or DEFAULT_REFERENCE
     metrics = crystal_benchmark_task(model, n, seed, reference, w1_samples, cov_samples, temperature)
     table = format_table(metrics)
     if json_out:
         write_json(metrics, json_out)
     experiment_id = store.setup(tracking_uri, experiment)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"bench-{time.strftime('%Y%m%d-%H%M%S')}") as run:
-        mlflow.log_params({"model": model, "n": n, "seed": seed, "reference": reference,
+        mlflow.log_params({"model": model, "n": n, "seed": seed, "reference": metrics["info"]["reference"],
                            "w1_samples": w1_samples, "cov_samples": str(cov_samples),
                            "temperature": metrics["info"]["temperature"]})
         mlflow.log_metrics(store.finite_metrics(metrics))

@@ -5,6 +5,7 @@
     invdes generate --model models:/crystal-generator@champion --n 100 --seed 0 --out DIR
                     [--target formation_energy_per_atom=-2.0] [--valid-only]
     invdes bench crystal --model models:/crystal-generator@champion --n 10000 --json bench.json
+    invdes ablate --spec configs/ablation-crystal.yaml --out runs/ablation
 """
 
 from __future__ import annotations
@@ -105,16 +106,27 @@ def cmd_bench(args) -> int:
                             args.cov_samples, args.temperature)
     else:
         from design.api import load_generator
-        from design.benchmark import DEFAULT_REFERENCE, run_crystal_benchmark, write_json
+        from design.benchmark import run_crystal_benchmark, write_json
 
         metrics = run_crystal_benchmark(load_generator(args.model), args.n, args.seed,
-                                        args.reference or DEFAULT_REFERENCE, args.w1_samples, args.cov_samples,
+                                        args.reference, args.w1_samples, args.cov_samples,
                                         temperature=args.temperature)
         if args.json:
             write_json(metrics, args.json)
     print(format_table(metrics))
     if args.json:
         print(f"\nJSON written to {args.json}")
+    return 0
+
+
+def cmd_ablate(args) -> int:
+    from design.ablation import load_spec
+    from flows.ablation import ablation
+
+    load_spec(args.spec)  # fail on a bad spec before Prefect starts
+    result = ablation(args.spec, args.out)
+    print(result["table"])
+    print(f"\ntable written to {Path(args.out) / 'ablation.md'}")
     return 0
 
 
@@ -150,12 +162,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--n", type=int, default=10_000, help="structures to generate (default 10000)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--json", help="write the metrics as JSON here")
-    b.add_argument("--reference", help="reference split (default crystals/mp_20_biternary/test.csv.gz)")
+    b.add_argument("--reference", help="reference split (default: the generator's data.reference, the MP-20 test split)")
     b.add_argument("--w1-samples", type=int, default=1000, help="valid samples for the Wasserstein distances")
     b.add_argument("--cov-samples", type=int, help="cap on valid samples fingerprinted for COV (default: all)")
     b.add_argument("--temperature", type=float, help="element-sampling temperature (default: the generator's)")
     b.add_argument("--no-track", dest="track", action="store_false", help="do not run as a flow / log to MLflow")
     b.set_defaults(func=cmd_bench)
+
+    a = sub.add_parser("ablate", help="train and benchmark every variant of an ablation spec; print the table")
+    a.add_argument("--spec", required=True, help="ablation spec, e.g. configs/ablation-crystal.yaml")
+    a.add_argument("--out", default="runs/ablation", help="results folder; a rerun skips finished variants")
+    a.set_defaults(func=cmd_ablate)
     return p
 
 

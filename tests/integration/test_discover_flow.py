@@ -152,3 +152,39 @@ def test_cli_bench_runs_the_flow_and_logs_to_mlflow(campaign, tmp_path, monkeypa
         assert logged.metrics[key] == pytest.approx(result[key]), key
     names = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
     assert {"benchmark.json", "benchmark.txt"} <= names
+
+
+def test_ablation_flow_trains_benchmarks_and_resumes(prefect_harness, tmp_path, monkeypatch):
+    import yaml
+
+    from design.data.sources import resolve
+    from flows.ablation import ablation
+
+    from testkit import tiny_config
+
+    ref = tmp_path / "ref.csv.gz"
+    pd.read_csv(resolve("crystals/mp_20_biternary/test.csv.gz"), nrows=16).to_csv(ref, index=False)
+    base = tiny_config(output={"generator_cache": str(tmp_path / "generators")})
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base.model_dump(mode="json")))
+    spec = {"base": "base.yaml", "bench": {"n": 32, "w1_samples": 8, "reference": str(ref)},
+            "variants": {"gan": {}, "vae_only": {"train": {"adv_weight": 0.0}}}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "ablation"
+    result = ablation(str(tmp_path / "spec.yaml"), str(out), uri)
+    assert list(result["results"]) == ["gan", "vae_only"]
+    assert (out / "ablation.md").read_text().count("\n") == 4  # header, separator, two rows
+    assert len(list((tmp_path / "generators").iterdir())) == 2  # two different generators trained
+    mtime = (out / "gan.json").stat().st_mtime_ns
+    again = ablation(str(tmp_path / "spec.yaml"), str(out), uri)  # resumes: nothing recomputed
+    assert (out / "gan.json").stat().st_mtime_ns == mtime
+    for name in ("gan", "vae_only"):
+        assert again["results"][name]["valid"] == result["results"][name]["valid"]
+        assert again["results"][name]["cov_recall"] == result["results"][name]["cov_recall"]
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("tiny-ablation").experiment_id])
+    assert sorted(r.data.tags["variant"] for r in runs) == ["gan", "vae_only"]

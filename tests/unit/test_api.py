@@ -99,3 +99,14 @@ def test_tampered_and_truncated_checkpoints(tiny_checkpoint, tmp_path):
         load_generator(evil)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_generator(tmp_path / "missing.pt")
+
+
+def test_scores_do_not_change_samples_and_match_rescoring(gen):
+    scored = gen.sample(24, seed=5)
+    bare = gen.sample(24, seed=5, score=False)
+    assert bare.scores == {}
+    assert torch.equal(scored.tensors.z, bare.tensors.z) and torch.equal(scored.tensors.frac, bare.tensors.frac)
+    again = gen.score(bare.tensors, batch_size=7)  # batching must not matter
+    assert set(again) == set(scored.scores)
+    for k, v in again.items():
+        assert torch.allclose(v, scored.scores[k], atol=1e-5), k
