@@ -1,6 +1,6 @@
 """Ablation studies: one base run config, named variants of it, each trained and benchmarked.
 
-An ablation spec is a YAML file (see ``configs/ablation-crystal.yaml``)::
+An ablation spec is a YAML file (see ``configs/ablations/crystal.yaml``)::
 
     base: crystal.yaml              # a run config, relative to the spec file
     set: {train: {epochs: 12}}      # overrides applied to every variant (optional)
@@ -73,7 +73,7 @@ def load_spec(path: str | Path) -> Study:
     """Read an ablation spec and validate the config of every variant."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"ablation spec {path} does not exist; see configs/ablation-crystal.yaml")
+        raise ConfigError(f"ablation spec {path} does not exist; see configs/ablations/crystal.yaml")
     try:
         spec = AblationSpec.model_validate(yaml.safe_load(path.read_text()) or {})
     except ValidationError as err:

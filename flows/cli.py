@@ -5,7 +5,7 @@
     invdes generate --model models:/crystal-generator@champion --n 100 --seed 0 --out DIR
                     [--target formation_energy_per_atom=-2.0] [--valid-only]
     invdes bench crystal --model models:/crystal-generator@champion --n 10000 --json bench.json
-    invdes ablate --spec configs/ablation-crystal.yaml --out runs/ablation
+    invdes ablate --spec configs/ablations/crystal.yaml --out runs/ablation
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_bench)
 
     a = sub.add_parser("ablate", help="train and benchmark every variant of an ablation spec; print the table")
-    a.add_argument("--spec", required=True, help="ablation spec, e.g. configs/ablation-crystal.yaml")
+    a.add_argument("--spec", required=True, help="ablation spec, e.g. configs/ablations/crystal.yaml")
     a.add_argument("--out", default="runs/ablation", help="results folder; a rerun skips finished variants")
     a.set_defaults(func=cmd_ablate)
     return p

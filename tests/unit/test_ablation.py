@@ -1,5 +1,7 @@
 """Ablation specs: validation, variant configs, the table."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -60,3 +62,10 @@ def test_table_and_resume_files(tmp_path):
     lines = table.splitlines()
     assert lines[0].startswith("| variant | overrides | struct | comp")
     assert "| a | train.gan_loss=hinge | 0.990 | - |" in lines[2]
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "configs" / "ablations").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_ablation_specs_validate(path):
+    study = load_spec(path)
+    assert study.configs
