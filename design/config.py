@@ -220,6 +220,18 @@ def generator_key(config: RunConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def same_generator(stored: dict, config: RunConfig) -> bool:
+    """Whether a config stored with a checkpoint (a dict) trains the same generator as ``config``.
+
+    Only the generator-defining sections count: a campaign's name, rounds, ranking or tracking
+    settings do not force retraining. A stored config that no longer validates never matches.
+    """
+    try:
+        return config_from_dict(stored).generator_part() == config.generator_part()
+    except ConfigError:
+        return False
+
+
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = [f"invalid config {source}:"]
     for e in err.errors():

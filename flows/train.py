@@ -12,7 +12,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 
-from design.config import RunConfig, config_from_dict, generator_key
+from design.config import RunConfig, config_from_dict, generator_key, same_generator
 from design.training.checkpoint import CheckpointError, load_checkpoint
 from design.training.trainer import FINAL_NAME
 
@@ -30,7 +30,7 @@ def cached_generator(config: RunConfig) -> Path | None:
         blob = load_checkpoint(path)
     except CheckpointError:
         return None
-    return path if blob["complete"] and blob["config"] == config.model_dump(mode="json") else None
+    return path if blob["complete"] and same_generator(blob["config"], config) else None
 
 
 @task(name="featurise-training-data", retries=2, retry_delay_seconds=5)

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from design.config import RunConfig
+from design.config import RunConfig, same_generator
 from design.domains.base import Domain, EncodedDataset
 from design.models import VAEGAN, build_model
 from design.models.latent_prior import GaussianPrior
@@ -120,7 +120,7 @@ class Trainer:
         if not path.is_file():
             return 0, []
         blob = load_checkpoint(path)
-        if blob["config"] != self.config.model_dump(mode="json"):
+        if not same_generator(blob["config"], self.config):
             log.warning("%s was written for another config; starting afresh", path)
             return 0, []
         self.model.load_state_dict(blob["model"])

@@ -176,6 +176,9 @@ def test_ablation_flow_trains_benchmarks_and_resumes(prefect_harness, tmp_path, 
     assert list(result["results"]) == ["gan", "vae_only"]
     assert (out / "ablation.md").read_text().count("\n") == 4  # header, separator, two rows
     assert len(list((tmp_path / "generators").iterdir())) == 2  # two different generators trained
+    from flows.train import cached_generator
+
+    assert cached_generator(base) is not None  # variant "gan" is the base config under another name
     mtime = (out / "gan.json").stat().st_mtime_ns
     again = ablation(str(tmp_path / "spec.yaml"), str(out), uri)  # resumes: nothing recomputed
     assert (out / "gan.json").stat().st_mtime_ns == mtime

@@ -75,3 +75,16 @@ def test_flatten_differences():
     a = {"train": {"epochs": 3, "lr_g": 1e-3}, "name": "x"}
     b = {"train": {"epochs": 4, "lr_g": 1e-3}, "name": "x", "seed": 1}
     assert flatten_differences(a, b) == ["seed", "train.epochs"]
+
+
+def test_same_generator_ignores_campaign_only_sections():
+    from design.config import same_generator
+
+    from testkit import tiny_config
+
+    base = tiny_config()
+    stored = base.model_dump(mode="json")
+    assert same_generator(stored, tiny_config(name="other", generate={"rounds": 5}, rank={"top_k": 3}))
+    assert not same_generator(stored, tiny_config(train={"epochs": 3}))
+    assert not same_generator(stored, tiny_config(penalty={"distance_scale": 0.7}))
+    assert not same_generator({"train": {"epochz": 1}}, base)  # a stored config that no longer validates
