@@ -147,14 +147,17 @@ class Generator:
         temperature: float | None = None,
         batch_size: int | None = None,
         score: bool = True,
+        constrained: bool | None = None,
     ) -> GeneratedBatch:
         """Sample ``n`` tensors (one generator call per batch) and, with ``score``, their scores
         (see :meth:`score`); without it ``scores`` is empty, which is faster when only the
-        structures are wanted."""
+        structures are wanted. ``constrained`` overrides ``generate.constrained_decoding``."""
         _check_count(n)
         temperature = self.config.generate.temperature if temperature is None else float(temperature)
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if constrained is None:
+            constrained = self.config.generate.constrained_decoding
         bs = batch_size or self.config.generate.batch_size
         gen = torch.Generator(device=self.device).manual_seed(int(seed))
         parts = []
@@ -163,7 +166,9 @@ class Generator:
             z = self.latent_prior.sample(m, generator=gen)
             c = self.condition(m, target, gen)
             raw = self.model.generator(z, c)
-            batch = self.model.generator.head.sample(raw, tau=1.0, temperature=temperature, generator=gen)
+            batch = self.model.generator.head.sample(
+                raw, tau=1.0, temperature=temperature, generator=gen, constrained=bool(constrained)
+            )
             parts.append(self.domain.batch_to_tensors(batch).to("cpu"))
         tensors = parts[0] if len(parts) == 1 else _concat(parts)
         return GeneratedBatch(tensors, self.score(tensors, bs) if score else {})

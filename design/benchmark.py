@@ -91,11 +91,13 @@ def run_crystal_benchmark(
     cov_samples: int | None = None,
     workers: int | None = None,
     temperature: float | None = None,
+    constrained: bool | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark; return a flat dict of metrics plus ``info`` (see module docstring).
 
     ``reference`` defaults to the generator config's ``data.reference`` (the mp_20_biternary test
-    split); ``temperature`` overrides its element-sampling temperature (``generate.temperature``).
+    split); ``temperature`` overrides its element-sampling temperature (``generate.temperature``),
+    ``constrained`` its ``generate.constrained_decoding``.
     """
     if generator.domain.name != "crystal":
         raise ValueError(f"the crystal benchmark needs a crystal generator, got domain {generator.domain.name!r}")
@@ -106,11 +108,12 @@ def run_crystal_benchmark(
     workers = workers or default_workers(n)
     domain, cfg = generator.domain, generator.config
     reference = reference or cfg.data.reference
+    constrained = cfg.generate.constrained_decoding if constrained is None else bool(constrained)
     t: dict[str, float] = {}
 
     # -- sample -> decode -> exact checks (the one-shot path a user pays for)
     start = time.perf_counter()
-    batch = generator.sample(n, seed=seed, temperature=temperature, score=False)
+    batch = generator.sample(n, seed=seed, temperature=temperature, score=False, constrained=constrained)
     t["sample"] = time.perf_counter() - start
     start = time.perf_counter()
     structures = domain.decode(batch.tensors)
@@ -184,6 +187,7 @@ def run_crystal_benchmark(
         "model": generator.source,
         "seed": seed,
         "temperature": cfg.generate.temperature if temperature is None else temperature,
+        "constrained_decoding": constrained,
         "reference": reference,
         "reference_size": len(ref_structures),
         "reference_skipped": ref_skipped,

@@ -103,6 +103,13 @@ class TrainConfig(_Section):
     gumbel_tau: float = Field(1.0, gt=0)
     grad_clip: float = Field(5.0, gt=0)
     monitor_samples: int = Field(256, ge=8, description="fixed sample for per-epoch collapse monitors")
+    collapse_uniqueness: float = Field(
+        0.5, ge=0, le=1, description="warn (metric collapse_warning=1) when the monitor sample's uniqueness falls below"
+    )
+    max_faults: int = Field(
+        5, ge=0, description="non-finite losses or gradients tolerated; each restores the epoch's start state"
+    )
+    fault_lr_factor: float = Field(0.5, gt=0, le=1, description="learning rates are multiplied by this after a fault")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all cores")
 
@@ -116,6 +123,11 @@ class PenaltyConfig(_Section):
     distance_weight: float = Field(1.0, ge=0)
     charge_weight: float = Field(1.0, ge=0)
     density_weight: float = Field(0.1, ge=0)
+    distance_moves_cell: bool = Field(
+        True,
+        description="let the distance term's gradient reach the lattice; false makes the generator "
+        "resolve clashes by moving atoms, not by inflating the cell",
+    )
 
     @model_validator(mode="after")
     def _range(self) -> PenaltyConfig:
@@ -134,6 +146,11 @@ class GenerateConfig(_Section):
     n_per_round: int = Field(1000, ge=1)
     batch_size: int = Field(1024, ge=1)
     temperature: float = Field(1.0, gt=0, description="softmax temperature of element sampling")
+    constrained_decoding: bool = Field(
+        True,
+        description="inference-time decoding rules of the domain (crystals: merge duplicate same-element "
+        "sites, pick the most probable charge-balanced elements); false gives the raw samples",
+    )
     latent_prior: Literal["fitted", "standard"] = Field(
         "fitted", description="sample z from a Gaussian fitted to the encoded training set, or from N(0, I)"
     )
@@ -209,9 +226,15 @@ class RunConfig(_Section):
         return self
 
     def generator_part(self) -> dict:
-        """The sections that decide the trained generator (JSON-compatible)."""
+        """The sections that decide the trained generator (JSON-compatible); CPU thread count and
+        the collapse-warning threshold do not change what is learnt and are left out."""
         d = self.model_dump(mode="json")
-        return {k: d[k] for k in ("domain", "seed", "data", "model", "train", "penalty")}
+        part = {k: d[k] for k in ("domain", "seed", "data", "model", "train", "penalty")}
+        part["train"] = {k: v for k, v in part["train"].items() if k not in _RUN_CONTROL}
+        return part
+
+
+_RUN_CONTROL = ("threads", "collapse_uniqueness")
 
 
 def generator_key(config: RunConfig) -> str:

@@ -18,14 +18,18 @@ from flows.train import train_generator
 
 
 @task(name="benchmark-variant")
-def bench_variant(checkpoint: str, bench: dict) -> dict:
+def bench_variant(checkpoint: str, bench: dict, generate: dict) -> dict:
+    """Benchmark a checkpoint with the variant's own sampling settings (a reused generator's
+    checkpoint carries the ``generate`` section of the run that trained it)."""
     from design.ablation import BenchSettings
     from design.api import Generator
     from design.benchmark import run_crystal_benchmark
+    from design.config import GenerateConfig
 
     b = BenchSettings.model_validate(bench)
+    g = GenerateConfig.model_validate(generate)
     return run_crystal_benchmark(Generator.from_checkpoint(checkpoint), b.n, b.seed, b.reference, b.w1_samples,
-                                 b.cov_samples)
+                                 b.cov_samples, temperature=g.temperature, constrained=g.constrained_decoding)
 
 
 @flow(name="ablation")
@@ -50,7 +54,7 @@ def ablation(spec_path: str, out_dir: str, tracking_uri: str | None = None) -> d
             continue
         logger.info("variant %s: training (or reusing) and benchmarking", name)
         checkpoint = train_generator(cfg.model_dump(mode="json"))
-        metrics = bench_variant(checkpoint, spec.bench.model_dump())
+        metrics = bench_variant(checkpoint, spec.bench.model_dump(), cfg.generate.model_dump(mode="json"))
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"):
             mlflow.log_params(store.flatten(cfg.model_dump(mode="json")))
             mlflow.set_tags({"variant": name, "overrides": json.dumps(spec.variants[name])})

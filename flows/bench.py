@@ -15,12 +15,13 @@ from prefect import flow, get_run_logger, task
 
 @task(name="crystal-benchmark")
 def crystal_benchmark_task(model: str, n: int, seed: int, reference: str | None, w1_samples: int,
-                           cov_samples: int | None, temperature: float | None) -> dict:
+                           cov_samples: int | None, temperature: float | None,
+                           constrained: bool | None = None) -> dict:
     from design.api import load_generator
     from design.benchmark import run_crystal_benchmark
 
     return run_crystal_benchmark(load_generator(model), n, seed, reference, w1_samples, cov_samples,
-                                 temperature=temperature)
+                                 temperature=temperature, constrained=constrained)
 
 
 @flow(name="benchmark")
@@ -33,6 +34,7 @@ def benchmark(
     w1_samples: int = 1000,
     cov_samples: int | None = None,
     temperature: float | None = None,
+    constrained: bool | None = None,
     tracking_uri: str | None = None,
     experiment: str = "crystal-benchmark",
 ) -> dict:
@@ -43,7 +45,8 @@ def benchmark(
     from design.tracking import store
 
     logger = get_run_logger()
-    metrics = crystal_benchmark_task(model, n, seed, reference, w1_samples, cov_samples, temperature)
+    metrics = crystal_benchmark_task(model, n, seed, reference, w1_samples, cov_samples, temperature,
+                                     constrained)
     table = format_table(metrics)
     if json_out:
         write_json(metrics, json_out)
@@ -51,7 +54,8 @@ def benchmark(
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"bench-{time.strftime('%Y%m%d-%H%M%S')}") as run:
         mlflow.log_params({"model": model, "n": n, "seed": seed, "reference": metrics["info"]["reference"],
                            "w1_samples": w1_samples, "cov_samples": str(cov_samples),
-                           "temperature": metrics["info"]["temperature"]})
+                           "temperature": metrics["info"]["temperature"],
+                           "constrained_decoding": metrics["info"]["constrained_decoding"]})
         mlflow.log_metrics(store.finite_metrics(metrics))
         mlflow.log_text(table, "benchmark.txt")
         mlflow.log_text(json.dumps(metrics, indent=2, default=str), "benchmark.json")

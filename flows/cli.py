@@ -103,14 +103,14 @@ def cmd_bench(args) -> int:
         from flows.bench import benchmark
 
         metrics = benchmark(args.model, args.n, args.seed, args.reference, args.json, args.w1_samples,
-                            args.cov_samples, args.temperature)
+                            args.cov_samples, args.temperature, args.constrained)
     else:
         from design.api import load_generator
         from design.benchmark import run_crystal_benchmark, write_json
 
         metrics = run_crystal_benchmark(load_generator(args.model), args.n, args.seed,
                                         args.reference, args.w1_samples, args.cov_samples,
-                                        temperature=args.temperature)
+                                        temperature=args.temperature, constrained=args.constrained)
         if args.json:
             write_json(metrics, args.json)
     print(format_table(metrics))
@@ -166,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--w1-samples", type=int, default=1000, help="valid samples for the Wasserstein distances")
     b.add_argument("--cov-samples", type=int, help="cap on valid samples fingerprinted for COV (default: all)")
     b.add_argument("--temperature", type=float, help="element-sampling temperature (default: the generator's)")
+    b.add_argument("--unconstrained", dest="constrained", action="store_const", const=False,
+                   help="raw samples: switch off the generator's constrained decoding")
     b.add_argument("--no-track", dest="track", action="store_false", help="do not run as a flow / log to MLflow")
     b.set_defaults(func=cmd_bench)
 

@@ -7,6 +7,7 @@ Only the flow process calls these functions.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -30,26 +31,45 @@ def tracking_uri(configured: str | None = None) -> str:
     return f"sqlite:///{(Path.cwd() / 'mlflow.db').resolve()}"
 
 
+@contextlib.contextmanager
+def _sqlite_lock(uri: str):
+    """Hold an exclusive lock file beside an SQLite store while it is opened: the first opening
+    creates and migrates its tables, and two processes doing that at once collide ("duplicate
+    column name"). Other stores, or systems without ``fcntl``, need no lock."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    db = Path(uri[len("sqlite:///") :])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def setup(configured_uri: str | None, experiment: str) -> str:
-    """Point MLflow at the store and return the experiment id (created if new)."""
+    """Point MLflow at the store and return the experiment id (created if new). Safe when several
+    runs start against the same new SQLite store at once (see :func:`_sqlite_lock`)."""
     import mlflow
 
     uri = tracking_uri(configured_uri)
     mlflow.set_tracking_uri(uri)
-    exp = mlflow.get_experiment_by_name(experiment)
-    if exp is not None:
-        return exp.experiment_id
-    artifact_location = None
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///") :])
-        artifact_location = (db.parent / "mlartifacts").resolve().as_uri()
-    try:
-        return mlflow.create_experiment(experiment, artifact_location=artifact_location)
-    except Exception:  # created concurrently by another run
+    with _sqlite_lock(uri):
         exp = mlflow.get_experiment_by_name(experiment)
-        if exp is None:
-            raise
-        return exp.experiment_id
+        if exp is not None:
+            return exp.experiment_id
+        artifact_location = None
+        if uri.startswith("sqlite:///"):
+            db = Path(uri[len("sqlite:///") :])
+            artifact_location = (db.parent / "mlartifacts").resolve().as_uri()
+        return mlflow.create_experiment(experiment, artifact_location=artifact_location)
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:
@@ -101,19 +121,20 @@ def register_generator(checkpoint: Path, registered_name: str, alias: str, tags:
         inputs=Schema([ColSpec("long", "n"), ColSpec("long", "seed")]),
         outputs=Schema([ColSpec("string", "id"), ColSpec("string", "structure")]),
     )
-    info = mlflow.pyfunc.log_model(
-        name=MODEL_NAME_IN_RUN,
-        python_model=str(MODEL_CODE),
-        artifacts={"checkpoint": str(checkpoint)},
-        signature=signature,
-        pip_requirements=_requirements(),
-        registered_model_name=registered_name,
-    )
-    version = str(info.registered_model_version)
-    client = mlflow.MlflowClient()
-    client.set_registered_model_alias(registered_name, alias, version)
-    for k, v in (tags or {}).items():
-        client.set_model_version_tag(registered_name, version, k, v)
+    with _sqlite_lock(mlflow.get_tracking_uri()):  # two campaigns registering at once get distinct versions
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_NAME_IN_RUN,
+            python_model=str(MODEL_CODE),
+            artifacts={"checkpoint": str(checkpoint)},
+            signature=signature,
+            pip_requirements=_requirements(),
+            registered_model_name=registered_name,
+        )
+        version = str(info.registered_model_version)
+        client = mlflow.MlflowClient()
+        client.set_registered_model_alias(registered_name, alias, version)
+        for k, v in (tags or {}).items():
+            client.set_model_version_tag(registered_name, version, k, v)
     log.info("registered %s version %s as @%s", registered_name, version, alias)
     return version
 

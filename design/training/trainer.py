@@ -10,12 +10,21 @@ Per batch of real samples x with standardised properties y:
 
 Every epoch refits the sampling prior (a Gaussian over the training set's posterior means, see
 ``design/models/latent_prior.py``), appends a history row (mean losses, monitors on a fixed
-sample from that prior: uniqueness, fast structural validity, mean penalty, realism gap) and writes ``last.pt`` (weights, optimiser
-and RNG state), so a killed run resumes where it stopped. The finished generator is ``generator.pt``.
+sample from that prior: uniqueness, fast structural validity, mean penalty, realism gap) and writes
+``last.pt`` (weights, optimiser and RNG state), so a killed run resumes where it stopped. The
+finished generator is ``generator.pt``.
+
+Faults: a step whose loss or gradient is not finite is skipped; the weights and optimiser states
+go back to the start of the epoch, both learning rates are multiplied by ``train.fault_lr_factor``,
+and a warning is logged. After ``train.max_faults`` faults training stops with
+:class:`TrainingDiverged` (``last.pt`` of the last finished epoch is kept). An epoch whose
+monitor-sample uniqueness is below ``train.collapse_uniqueness`` is logged as a warning and as the
+history metric ``collapse_warning`` = 1.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections import defaultdict
@@ -38,6 +47,10 @@ log = logging.getLogger(__name__)
 
 FINAL_NAME = "generator.pt"
 RESUME_NAME = "last.pt"
+
+
+class TrainingDiverged(RuntimeError):
+    """More non-finite steps than ``train.max_faults``."""
 
 
 @dataclass
@@ -101,6 +114,7 @@ class Trainer:
             "latent_prior": self.prior.state(),
             "history": history,
             "epoch": epoch,
+            "faults": self.faults,
             "complete": complete,
             "train_info": {
                 "n_train": len(self.train_data),
@@ -128,6 +142,9 @@ class Trainer:
         self.opt_g.load_state_dict(blob["optim_g"])
         self.opt_d.load_state_dict(blob["optim_d"])
         torch.set_rng_state(blob["rng"])
+        self.faults = int(blob.get("faults", 0))
+        self.wall_before = float(blob.get("wall_s", 0.0))  # time spent before the interruption
+        self._set_lr()
         log.info("resuming training at epoch %d from %s", blob["epoch"] + 1, path)
         return int(blob["epoch"]), list(blob["history"])
 
@@ -260,6 +277,36 @@ class Trainer:
         finally:
             D.requires_grad_(True)
 
+    # ------------------------------------------------------------------ faults
+    def _snapshot(self) -> dict[str, Any]:
+        return copy.deepcopy(
+            {"model": self.model.state_dict(), "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict()}
+        )
+
+    def _set_lr(self) -> None:
+        factor = self.config.train.fault_lr_factor**self.faults
+        for opt, base in ((self.opt_g, self.config.train.lr_g), (self.opt_d, self.config.train.lr_d)):
+            for group in opt.param_groups:
+                group["lr"] = base * factor
+
+    def _recover(self, good: dict[str, Any], epoch: int) -> None:
+        """A non-finite step: back to the epoch's start state with lower learning rates."""
+        self.faults += 1
+        tc = self.config.train
+        if self.faults > tc.max_faults:
+            raise TrainingDiverged(
+                f"training hit a non-finite loss or gradient {self.faults} times (train.max_faults={tc.max_faults}) "
+                f"in epoch {epoch + 1}; lower train.lr_g / train.lr_d or raise train.grad_clip. The last finished "
+                f"epoch is kept in {self.workdir / RESUME_NAME}"
+            )
+        self.model.load_state_dict(good["model"])
+        self.opt_g.load_state_dict(good["opt_g"])
+        self.opt_d.load_state_dict(good["opt_d"])
+        self._set_lr()
+        log.warning("epoch %d: non-finite loss or gradient (fault %d of at most %d): restored the epoch's start "
+                    "state, learning rates now x%.3g", epoch + 1, self.faults, tc.max_faults,
+                    tc.fault_lr_factor**self.faults)
+
     @torch.no_grad()
     def monitors(self) -> dict[str, float]:
         """Collapse monitors on a fixed latent sample (same z every epoch)."""
@@ -287,6 +334,8 @@ class Trainer:
         self._setup()
         self.workdir.mkdir(parents=True, exist_ok=True)
         cfg, tc = self.config, self.config.train
+        self.faults = 0
+        self.wall_before = 0.0
         start, history = self._try_resume()
         n = len(self.train_data)
         bs = min(tc.batch_size, n)
@@ -296,6 +345,7 @@ class Trainer:
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
             sums: dict[str, float] = defaultdict(float)
             steps = 0
+            good = self._snapshot()
             for i in range(0, n - bs + 1, bs):
                 idx = perm[i : i + bs].to(self.device)
                 t = self.tensors_all.subset(idx)
@@ -303,13 +353,23 @@ class Trainer:
                 real = self.domain.real_batch(t)
                 parts = self._d_step(real, y, adv_on) if (adv_on or tc.prop_weight > 0) else {}
                 parts.update(self._g_step(t, real, y, epoch, adv_on))
+                if parts.get("skipped_steps"):
+                    self._recover(good, epoch)
+                    sums["skipped_steps"] += parts["skipped_steps"]
+                    continue
                 for k, v in parts.items():
                     sums[k] += v
                 steps += 1
-            row = {k: v / steps for k, v in sums.items() if k != "skipped_steps"}
+            row = {k: v / max(steps, 1) for k, v in sums.items() if k != "skipped_steps"}
             row["skipped_steps"] = sums.get("skipped_steps", 0.0)
+            row["faults"] = float(self.faults)
+            row["lr_g"] = self.opt_g.param_groups[0]["lr"]
             self.prior = self.fit_prior()
             row.update(self.monitors())
+            row["collapse_warning"] = float(row["mon_unique"] < tc.collapse_uniqueness)
+            if row["collapse_warning"]:
+                log.warning("epoch %d: possible mode collapse, uniqueness of the monitor sample %.2f < %.2f",
+                            epoch + 1, row["mon_unique"], tc.collapse_uniqueness)
             row["epoch"] = epoch + 1
             row["time_s"] = time.time() - te
             history.append(row)
@@ -319,8 +379,10 @@ class Trainer:
                 epoch + 1, tc.epochs, rec, row.get("kl", 0), row.get("penalty", 0), row["mon_unique"],
                 row["mon_valid"], row["mon_realism_gap"], row["time_s"],
             )
-            save_checkpoint(self.workdir / RESUME_NAME, self.payload(epoch + 1, history, False, with_optim=True))
-        wall = time.time() - t0
+            resume = self.payload(epoch + 1, history, False, with_optim=True)
+            resume["wall_s"] = self.wall_before + time.time() - t0
+            save_checkpoint(self.workdir / RESUME_NAME, resume)
+        wall = self.wall_before + time.time() - t0  # an interrupted run counts all its sessions
         final = self.payload(tc.epochs, history, True, with_optim=False)
         final["train_info"]["wall_s"] = wall
         path = save_checkpoint(self.workdir / FINAL_NAME, final)

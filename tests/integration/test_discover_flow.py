@@ -108,6 +108,36 @@ def test_rerun_reuses_generator_and_resumes_rounds(campaign):
     assert int(again["model_version"]) == int(s["model_version"]) + 1
 
 
+def test_crash_mid_round_keeps_finished_rounds_and_resumes(campaign, tmp_path, monkeypatch):
+    """A campaign that dies while filtering round 1 keeps round 0 untouched and resumes at round 1."""
+    import design.generation.loop as loop
+    from flows.discover import discover
+
+    os.chdir(campaign["work"])
+    cfg = campaign["cfg"].model_dump(mode="json")
+    out = tmp_path / "crashy"
+    original = loop.filter_round
+
+    def dying(domain, config, k, out_dir, reference):
+        if k == 1:
+            raise KeyboardInterrupt("killed while filtering round 1")
+        return original(domain, config, k, out_dir, reference)
+
+    monkeypatch.setattr(loop, "filter_round", dying)
+    with pytest.raises(KeyboardInterrupt):
+        discover(cfg, str(out))
+    round0 = {p.name: p.read_bytes() for p in (out / "round_00").iterdir()}
+    assert "counts.json" in round0 and not (out / "round_01" / "counts.json").exists()
+    assert (out / "round_01" / "generated.csv.gz").exists()  # generated before the crash
+
+    monkeypatch.setattr(loop, "filter_round", original)
+    resumed = discover(cfg, str(out))
+    assert {p.name: p.read_bytes() for p in (out / "round_00").iterdir()} == round0  # reused, not redone
+    assert [r["round"] for r in resumed["rounds"]] == [0, 1]
+    assert resumed["rounds"] == campaign["summary"]["rounds"]  # same seeds: same rounds as an unbroken run
+    assert (out / "ranked.csv").exists()
+
+
 def test_cli_generate_and_downstream_example(campaign, tmp_path):
     env = {**os.environ, "MLFLOW_TRACKING_URI": campaign["uri"]}
     out = tmp_path / "gen"

@@ -110,3 +110,16 @@ def test_scores_do_not_change_samples_and_match_rescoring(gen):
     assert set(again) == set(scored.scores)
     for k, v in again.items():
         assert torch.allclose(v, scored.scores[k], atol=1e-5), k
+
+
+def test_constrained_decoding_changes_elements_only_and_never_loses_validity(gen):
+    assert gen.config.generate.constrained_decoding  # on by default
+    raw = gen.sample(200, seed=9, score=False, constrained=False)
+    con = gen.sample(200, seed=9, score=False)
+    # same draws: geometry identical, only element choices (and merged duplicates) differ
+    assert torch.equal(raw.tensors.frac, con.tensors.frac) and torch.equal(raw.tensors.lattice, con.tensors.lattice)
+    assert ((con.tensors.z > 0) <= (raw.tensors.z > 0)).all()  # merging only empties slots
+    n_raw = sum(c.check.compositional for c in gen.candidates(raw))
+    n_con = sum(c.check.compositional for c in gen.candidates(con))
+    assert n_con >= n_raw
+    assert not torch.equal(raw.tensors.z, con.tensors.z)  # an untrained-ish model has plenty to repair

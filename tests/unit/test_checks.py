@@ -28,3 +28,31 @@ def test_compositional_validity_smact():
     assert compositional_reason(Composition("Si")) is None  # one element
     assert "charge-balanced" in compositional_reason(Composition("NaCl4"))
     assert "elements" in compositional_reason(Composition("LiNaKRbCsMgCaSrBa"), max_elements=8)
+
+
+def test_fast_smact_test_agrees_with_smact():
+    """smact_valid_counts must decide exactly what SMACT's smact_validity decides."""
+    import random
+
+    from smact.screening import smact_validity
+
+    from design.domains.crystal.checks import smact_valid_counts
+    from design.domains.crystal.elements import symbol
+
+    rng = random.Random(7)
+    common = [1, 3, 8, 9, 11, 12, 13, 14, 15, 16, 17, 19, 20, 22, 25, 26, 29, 30, 34, 35, 38, 42, 50, 53, 56, 57, 83]
+    formulas = ["NaCl", "Fe3O4", "Fe2O3", "LiFePO4", "Cu3Au", "NaCl4", "XeF2", "HeO", "Li2O2", "CsAu", "Mn3N7"]
+    comps = [Composition(f) for f in formulas]
+    for _ in range(600):
+        pool = common if rng.random() < 0.6 else range(1, 95)
+        zs = rng.sample(list(pool), rng.choice([2, 3, 4]))
+        comps.append(Composition({symbol(z): rng.randint(1, 8) for z in zs}))
+    agree = [
+        smact_validity(c, oxidation_states_set="smact14")
+        == smact_valid_counts(tuple((e.Z, int(v)) for e, v in c.items()))
+        for c in comps
+    ]
+    assert all(agree), [c.formula for c, ok in zip(comps, agree, strict=True) if not ok]
+    # both outcomes are exercised
+    outcomes = {smact_valid_counts(tuple((e.Z, int(v)) for e, v in c.items())) for c in comps}
+    assert outcomes == {True, False}

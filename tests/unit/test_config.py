@@ -85,6 +85,7 @@ def test_same_generator_ignores_campaign_only_sections():
     base = tiny_config()
     stored = base.model_dump(mode="json")
     assert same_generator(stored, tiny_config(name="other", generate={"rounds": 5}, rank={"top_k": 3}))
+    assert same_generator(stored, tiny_config(train={"threads": 1}))  # run control, not learning
     assert not same_generator(stored, tiny_config(train={"epochs": 3}))
     assert not same_generator(stored, tiny_config(penalty={"distance_scale": 0.7}))
     assert not same_generator({"train": {"epochz": 1}}, base)  # a stored config that no longer validates

@@ -2,6 +2,7 @@ import gzip
 import hashlib
 import logging
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -54,11 +55,18 @@ def test_download_checks_sha256(tmp_path, monkeypatch):
 def test_bad_rows_are_skipped_and_counted(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("INVDES_DATA_CACHE", str(tmp_path / "cache"))
     df = _real_rows(6)
+    from pymatgen.core import Lattice, Structure
+    from pymatgen.io.cif import CifWriter
+
+    disordered = Structure(Lattice.cubic(4.2), [{"Na": 0.5, "K": 0.5}, "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    rng = np.random.default_rng(0)  # 24 atoms at random positions: no smaller primitive cell
+    big = Structure(Lattice.cubic(9.0), ["Si", "O", "O"] * 8, rng.random((24, 3)))
     bad = pd.DataFrame(
         {
-            "material_id": ["broken", "empty", "nan-prop"],
-            "cif": ["data_x\n_cell_length_a 3\nnot a cif", "", df["cif"][0]],
-            "formation_energy_per_atom": [-1.0, -1.0, float("nan")],
+            "material_id": ["broken", "empty", "nan-prop", "inf-prop", "partial-occupancy", "too-many-sites"],
+            "cif": ["data_x\n_cell_length_a 3\nnot a cif", "", df["cif"][0], df["cif"][1],
+                    str(CifWriter(disordered)), str(CifWriter(big))],
+            "formation_energy_per_atom": [-1.0, -1.0, float("nan"), float("inf"), -1.0, -1.0],
         }
     )
     path = tmp_path / "mixed.csv.gz"
@@ -67,8 +75,14 @@ def test_bad_rows_are_skipped_and_counted(tmp_path, monkeypatch, caplog):
     with caplog.at_level(logging.WARNING):
         ds = load_crystal_dataset(str(path), ["formation_energy_per_atom"], max_sites=20)
     assert len(ds) == 6
-    assert ds.skipped == {"cif does not parse": 1, "empty cif": 1, "property not finite": 1}
-    assert "skipped 3 of 9 rows" in caplog.text
+    assert ds.skipped == {
+        "cif does not parse": 1,
+        "empty cif": 1,
+        "property not finite": 2,
+        "partial occupancy (disordered sites) is not supported": 1,
+        "more than max_sites=20 sites": 1,
+    }
+    assert "skipped 6 of 12 rows" in caplog.text
     assert ds.y.shape == (6, 1)
 
 

@@ -84,3 +84,16 @@ def test_penalty_is_zero_on_real_training_crystals(real_structures):
     t = terms([s for s in real_structures if len(s) <= 8])
     assert (t["distance"] == 0).all()
     assert (t["density"] == 0).all()
+
+
+@pytest.mark.parametrize("moves_cell", [True, False])
+def test_distance_gradient_reaches_the_cell_only_when_allowed(moves_cell):
+    s = Structure(Lattice.cubic(6.0), ["Na", "Cl"], [[0, 0, 0], [0.05, 0, 0]])
+    dom = CrystalDomain(max_sites=8, penalty=PenaltyConfig(distance_moves_cell=moves_cell))
+    real = dom.real_batch(dom.encode([s]))
+    frac = real.frac.clone().requires_grad_(True)
+    lattice = real.lattice.clone().requires_grad_(True)
+    dom.build_penalty().terms(CrystalBatch(real.species, frac, lattice))["distance"].sum().backward()
+    assert frac.grad.abs().sum() > 0  # the atoms are pushed apart either way
+    moved = lattice.grad is not None and bool(lattice.grad.abs().sum() > 0)
+    assert moved == moves_cell

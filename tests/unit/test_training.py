@@ -55,10 +55,12 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "monitors", dying_monitors)
     with pytest.raises(KeyboardInterrupt):
         _train(cfg, tmp_path / "cut")
-    assert load_checkpoint(tmp_path / "cut" / RESUME_NAME)["epoch"] == 1
+    cut = load_checkpoint(tmp_path / "cut" / RESUME_NAME)
+    assert cut["epoch"] == 1 and cut["wall_s"] > 0
     monkeypatch.setattr(Trainer, "monitors", original)
     resumed = _train(cfg, tmp_path / "cut")
     assert resumed.resumed_from_epoch == 1
+    assert resumed.wall_s > cut["wall_s"]  # training time counts the interrupted session too
     a, b = load_checkpoint(full.checkpoint), load_checkpoint(resumed.checkpoint)
     for k in a["model"]:
         assert torch.allclose(a["model"][k], b["model"][k], atol=1e-6), k
@@ -82,3 +84,52 @@ def test_checkpoint_holds_config_and_history(tiny_checkpoint):
     assert [row["epoch"] for row in blob["history"]] == [1, 2]
     assert {"mon_unique", "mon_valid", "mon_realism_gap", "rec_palette", "rec_coords"} <= set(blob["history"][0])
     assert trainer_mod.FINAL_NAME == tiny_checkpoint.name
+
+
+def _poison_generator_steps(monkeypatch, bad_calls):
+    """Make the generator loss NaN on the given (1-based) calls of _g_step."""
+    calls = {"n": 0}
+    original = Trainer._g_step
+
+    def g_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] in bad_calls:
+            out = original(self, *args, **kwargs)  # a real step happened: the fault must undo it
+            for p in self.model.generator.parameters():
+                p.data.fill_(float("nan"))
+                break
+            out["skipped_steps"] = 1
+            return out
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "_g_step", g_step)
+
+
+def test_non_finite_step_restores_state_and_lowers_learning_rate(tmp_path, monkeypatch, caplog):
+    cfg = tiny_config(train={"epochs": 2})
+    _poison_generator_steps(monkeypatch, {2})
+    with caplog.at_level("WARNING"):
+        result = _train(cfg, tmp_path)
+    last = result.history[-1]
+    assert last["faults"] == 1 and result.history[0]["skipped_steps"] == 1
+    assert last["lr_g"] == pytest.approx(cfg.train.lr_g * cfg.train.fault_lr_factor)
+    blob = load_checkpoint(result.checkpoint)
+    assert all(torch.isfinite(v).all() for v in blob["model"].values() if v.is_floating_point())
+    assert "non-finite loss or gradient (fault 1" in caplog.text
+
+
+def test_too_many_faults_stop_with_a_clear_error(tmp_path, monkeypatch):
+    cfg = tiny_config(train={"epochs": 2, "max_faults": 1})
+    _poison_generator_steps(monkeypatch, {1, 2})
+    with pytest.raises(trainer_mod.TrainingDiverged, match="train.max_faults=1"):
+        _train(cfg, tmp_path)
+
+
+def test_collapse_is_flagged(tmp_path, caplog):
+    # a threshold above 1 flags every epoch: the metric and the warning are wired
+    cfg = tiny_config(train={"epochs": 1, "collapse_uniqueness": 1.0})
+    with caplog.at_level("WARNING"):
+        hist = _train(cfg, tmp_path).history
+    unique = hist[-1]["mon_unique"]
+    assert hist[-1]["collapse_warning"] == float(unique < 1.0)
+    assert ("possible mode collapse" in caplog.text) == (unique < 1.0)

@@ -5,18 +5,20 @@
   0.5 Angstrom (an atom must not overlap its own periodic image), so our rate can only be lower.
 * Compositional validity: SMACT charge neutrality with the SMACT 2014 oxidation states plus the
   Pauling electronegativity test; a single element or an all-metal composition counts as valid.
+  :func:`smact_valid_counts` decides it without SMACT's objects; a test holds it equal to SMACT.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-from pymatgen.core import Composition, Structure
+from pymatgen.core import Composition, Element, Structure
 
-from design.domains.crystal.elements import OXIDATION_SET
+from design.domains.crystal.elements import OXIDATION_SET, smact_table
 
 MIN_DISTANCE = 0.5  # Angstrom
 MIN_VOLUME = 0.1  # Angstrom^3
@@ -53,12 +55,54 @@ def structural_reason(structure: Structure) -> str | None:
 
 
 @functools.lru_cache(maxsize=65536)
-def _smact_valid(formula: str) -> bool:
+def smact_valid(formula: str) -> bool:
     from smact.screening import smact_validity
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return bool(smact_validity(Composition(formula), oxidation_states_set=OXIDATION_SET))
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def smact_valid_counts(composition: tuple[tuple[int, int], ...]) -> bool:
+    """The SMACT test of :func:`smact_valid` on ``((atomic number, count), ...)``, without building
+    pymatgen or SMACT objects (used to search compositions; a test compares it with SMACT).
+
+    It decides what ``smact.screening.smact_validity`` decides with its defaults: one element, or
+    only metals, passes; otherwise some choice of one oxidation state per element must be charge
+    neutral on the gcd-reduced counts and pass the Pauling test (every cation less
+    electronegative than every anion; an element without an electronegativity fails). Instead of
+    SMACT's product over all state combinations, it tries each electronegativity cut: elements
+    at or below it may take positive states, those above negative ones, and a set of reachable
+    charge sums tells whether 0 is attainable.
+    """
+    merged: dict[int, int] = {}
+    for z, k in composition:
+        if k > 0:
+            merged[z] = merged.get(z, 0) + int(k)
+    if not merged:
+        return False
+    zs = sorted(merged)
+    table = smact_table()
+    if len(zs) == 1 or all(z in table.metals for z in zs):
+        return True
+    states = [table.states[z] for z in zs]
+    eneg = [table.pauling[z] for z in zs]
+    if any(not s for s in states) or any(e is None for e in eneg):
+        return False
+    g = math.gcd(*merged.values())
+    counts = [merged[z] // g for z in zs]
+    for cut in [-math.inf, *sorted(set(eneg))]:
+        sums = {0}
+        for st, e, k in zip(states, eneg, counts, strict=True):
+            allowed = [o for o in st if (o > 0 and e <= cut) or (o < 0 and e > cut) or o == 0]
+            if not allowed:
+                break
+            sums = {q + o * k for q in sums for o in allowed}
+        else:
+            if 0 in sums:
+                return True
+    return False
 
 
 def compositional_reason(composition: Composition, max_elements: int = 8) -> str | None:
@@ -68,8 +112,12 @@ def compositional_reason(composition: Composition, max_elements: int = 8) -> str
         return "empty composition"
     if n_el > max_elements:
         return f"{n_el} elements (> {max_elements}, beyond the SMACT enumeration limit)"
-    formula = composition.reduced_composition.alphabetical_formula
-    if not _smact_valid(formula):
+    amounts = composition.get_el_amt_dict()
+    if all(float(v).is_integer() for v in amounts.values()):
+        ok = smact_valid_counts(tuple((Element(el).Z, int(v)) for el, v in amounts.items()))
+    else:  # fractional amounts: SMACT itself on the reduced formula
+        ok = smact_valid(composition.reduced_composition.alphabetical_formula)
+    if not ok:
         return "not charge-balanced under SMACT oxidation states / Pauling test"
     return None
 

@@ -70,6 +70,35 @@ def tables() -> ElementTables:
     return ElementTables(radius, mass, chi, lo, hi, metal)
 
 
+@dataclass(frozen=True)
+class SmactTable:
+    """SMACT's view of each element, indexed by atomic number (index 0 unused)."""
+
+    states: tuple[tuple[int, ...], ...]  # oxidation states of OXIDATION_SET; () where SMACT has none
+    pauling: tuple[float | None, ...]  # SMACT's Pauling electronegativity; None where undefined
+    metals: frozenset[int]  # atomic numbers of SMACT metals
+
+
+@functools.lru_cache(maxsize=1)
+def smact_table() -> SmactTable:
+    import smact
+    from ase.data import chemical_symbols
+
+    attr = f"oxidation_states_{OXIDATION_SET}"
+    states: list[tuple[int, ...]] = [()]
+    pauling: list[float | None] = [None]
+    for z in range(1, N_SPECIES):
+        try:
+            el = smact.Element(chemical_symbols[z])
+            states.append(tuple(getattr(el, attr) or ()))
+            pauling.append(el.pauling_eneg)
+        except (NameError, KeyError, AttributeError):
+            states.append(())
+            pauling.append(None)
+    metals = frozenset(z for z in range(1, N_SPECIES) if chemical_symbols[z] in set(smact.metals))
+    return SmactTable(tuple(states), tuple(pauling), metals)
+
+
 def symbol(z: int) -> str:
     from ase.data import chemical_symbols
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from design.config import ModelConfig
+from design.domains.crystal.constrain import charge_balanced_palette, merge_duplicate_sites
 from design.domains.crystal.elements import N_SPECIES
 from design.domains.crystal.tensors import (
     CrystalBatch,
@@ -195,10 +196,12 @@ class CrystalDecoderHead(nn.Module):
         tau: float = 1.0,
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
+        constrained: bool = False,
     ) -> CrystalBatch:
         """Straight-through Gumbel samples of palette and site types: one-hot species forward,
         soft gradients backward. A slot pointing at an unused palette entry is empty; every sample
-        gets at least one occupied site (palette entry 0 is always an element)."""
+        gets at least one occupied site (palette entry 0 is always an element). ``constrained``
+        applies the inference-time rules of :mod:`design.domains.crystal.constrain`."""
         pal_soft, pal_idx = _gumbel(raw["palette_logits"] / temperature, tau, generator)
         typ_logits = raw["type_logits"] / temperature
         typ_soft, typ_idx = _gumbel(typ_logits, tau, generator)
@@ -210,16 +213,29 @@ class CrystalDecoderHead(nn.Module):
             rows = empty_rows.nonzero().squeeze(1)
             slot = (1 - torch.softmax(typ_logits[rows], -1)[..., 0]).argmax(1)
             typ_idx[rows, slot] = 1
-        palette = _straight_through(pal_soft, pal_idx)  # [B, K, V]
-        types = _straight_through(typ_soft, typ_idx)  # [B, S, K + 1]
-        empty = F.one_hot(torch.zeros((), dtype=torch.long, device=palette.device), N_SPECIES).to(palette.dtype)
-        species = types[..., :1] * empty + torch.einsum("bsk,bkv->bsv", types[..., 1:], palette)
         vec = raw["coord_vec"]
         frac = torch.remainder(torch.atan2(vec[..., 1], vec[..., 0]) / TWO_PI, 1.0)
         # the N^(1/3) scale of the lattice is a convention: no gradient flows through the atom count
         n = (typ_idx > 0).sum(1).to(vec.dtype)
         lattice = self.scaler.from_std(raw["lattice_std"], n)
+        if constrained:
+            pal_idx, typ_idx = self._constrain(raw["palette_logits"] / temperature, pal_idx, typ_idx, frac, lattice)
+        palette = _straight_through(pal_soft, pal_idx)  # [B, K, V]
+        types = _straight_through(typ_soft, typ_idx)  # [B, S, K + 1]
+        empty = F.one_hot(torch.zeros((), dtype=torch.long, device=palette.device), N_SPECIES).to(palette.dtype)
+        species = types[..., :1] * empty + torch.einsum("bsk,bkv->bsv", types[..., 1:], palette)
         return CrystalBatch(species, frac, lattice)
+
+    def _constrain(
+        self, logits: torch.Tensor, pal_idx: torch.Tensor, typ_idx: torch.Tensor, frac: torch.Tensor, lattice: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Duplicate same-element sites merged, then a charge-balanced palette where one is near."""
+        element = torch.gather(pal_idx, 1, (typ_idx - 1).clamp(min=0)).masked_fill(typ_idx == 0, 0)  # [B, S]
+        keep = merge_duplicate_sites(element, frac, lattice)
+        typ_idx = typ_idx.masked_fill(~keep, 0)
+        counts = F.one_hot(typ_idx, self.n_palette + 1)[..., 1:].sum(1)  # [B, K]
+        pal_idx, _ = charge_balanced_palette(torch.log_softmax(logits, -1), pal_idx, counts)
+        return pal_idx.to(typ_idx.device), typ_idx
 
     def reconstruction_loss(self, raw: dict[str, torch.Tensor], t: CrystalTensors) -> dict[str, torch.Tensor]:
         """Negative log-likelihood terms per crystal (summed over its parts, averaged over the batch),

@@ -5,7 +5,8 @@ Three terms, each a [B] tensor, zero for physically sound crystals:
 * ``distance``: sum over site pairs and periodic images (self images included) of
   ``relu(scale * (r_i + r_j) - d_ij)^2``, per atom (Angstrom^2 / atom), with ``r`` the expected
   covalent radius of each slot under its species probabilities, weighted by the occupancy of both
-  slots (empty slots never clash).
+  slots (empty slots never clash). With ``distance_moves_cell`` false its gradient reaches the
+  coordinates only, so a clash is not resolved by inflating the whole cell.
 * ``charge``: interval relaxation of charge neutrality. Each element may take oxidation states
   between its lowest and highest common state (SMACT 2014 set; metals may also be 0, so alloys
   pass). A neutral assignment can only exist if ``sum(min) <= 0 <= sum(max)``; the term is the
@@ -41,7 +42,8 @@ class CrystalPenalty(torch.nn.Module):
         p = batch.species  # [B, S, V]
         cfg = self.cfg
         radius = p @ self.covalent_radius  # [B, S]
-        d = image_distances(batch.frac, batch.lattice)  # [B, S, S, 27]
+        lattice = batch.lattice if cfg.distance_moves_cell else batch.lattice.detach()
+        d = image_distances(batch.frac, lattice)  # [B, S, S, 27]
         threshold = cfg.distance_scale * (radius[:, :, None] + radius[:, None, :])  # [B, S, S]
         occ = batch.mask  # [B, S]
         pair = (occ[:, :, None] * occ[:, None, :])[..., None]  # empty slots never clash

@@ -141,8 +141,8 @@ def cholesky_to_params(lattice: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.stack([a, b, c], dim=1), angles], dim=1)
 
 
-_IMAGES = torch.tensor([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)], dtype=torch.float32)
-CENTER_IMAGE = 13  # index of (0, 0, 0) in _IMAGES
+IMAGES = torch.tensor([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)], dtype=torch.float32)
+CENTER_IMAGE = 13  # index of (0, 0, 0) in IMAGES
 
 
 def image_distances(frac: torch.Tensor, lattice: torch.Tensor) -> torch.Tensor:
@@ -161,7 +161,7 @@ def image_distances(frac: torch.Tensor, lattice: torch.Tensor) -> torch.Tensor:
     diff = frac[:, None, :, :] - frac[:, :, None, :]  # [B, S, S, 3]
     diff = diff - torch.round(diff).detach()
     cart = torch.einsum("bijx,bxy->bijy", diff, mat)  # [B, S, S, 3]
-    shifts = torch.einsum("kx,bxy->bky", _IMAGES.to(frac), mat)  # [B, 27, 3]
+    shifts = torch.einsum("kx,bxy->bky", IMAGES.to(frac), mat)  # [B, 27, 3]
     vec = cart[:, :, :, None, :] + shifts[:, None, None, :, :]  # [B, S, S, 27, 3]
     return torch.sqrt((vec**2).sum(-1) + 1e-12)
 

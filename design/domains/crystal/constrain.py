@@ -1,0 +1,94 @@
+"""Constrained decoding: two cheap, deterministic rules applied to sampled crystals at inference.
+
+The generator still makes one network call per sample; these rules act on its sampled indices
+before the crystal is built, like a grammar that keeps a sequence model's output well formed.
+They are switched by ``generate.constrained_decoding`` and never used in training.
+
+* :func:`merge_duplicate_sites`: two slots of the same element closer than ``MIN_DISTANCE``
+  (periodic images included) describe one atom predicted twice; the later slot is emptied.
+  Pairs of *different* elements are left alone: moving them apart would only hide a bad
+  geometry from the structural-validity check.
+* :func:`charge_balanced_palette`: a crystal whose composition fails the SMACT test gets, for
+  its used palette entries, the most probable combination of elements (by the decoder's own
+  palette log-probabilities, among the sampled element and the ``top`` most likely others per
+  entry) that passes it. Site counts and geometry are unchanged. If no combination within
+  ``budget`` checks passes, the sample is kept as drawn.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from design.domains.crystal.checks import MIN_DISTANCE, smact_valid_counts
+from design.domains.crystal.tensors import IMAGES, lattice_matrix
+
+
+def merge_duplicate_sites(element: torch.Tensor, frac: torch.Tensor, lattice: torch.Tensor) -> torch.Tensor:
+    """[B, S] bool mask of slots to keep.
+
+    Args:
+        element: [B, S] atomic number per slot (0 = empty).
+        frac: [B, S, 3] fractional coordinates; lattice: [B, 6].
+    """
+    n_sites = element.shape[1]
+    keep = element > 0
+    # only pairs i < j of the same element can be duplicates: measure those (27 images each)
+    same = (element[:, :, None] == element[:, None, :]) & keep[:, :, None]
+    b, i, j = torch.triu(same, diagonal=1).nonzero(as_tuple=True)
+    if len(b) == 0:
+        return keep
+    mat = lattice_matrix(lattice)[b]  # [P, 3, 3]
+    diff = frac[b, j] - frac[b, i]
+    diff = diff - torch.round(diff)
+    vec = torch.einsum("px,pxy->py", diff, mat)[:, None, :] + torch.einsum("kx,pxy->pky", IMAGES.to(frac), mat)
+    near = (vec**2).sum(-1).amin(1) <= MIN_DISTANCE**2  # [P]
+    close = torch.zeros(element.shape[0], n_sites, n_sites, dtype=torch.bool, device=element.device)
+    close[b[near], i[near], j[near]] = True
+    for jj in range(1, n_sites):  # slot jj goes if an earlier kept slot holds the same atom
+        keep[:, jj] &= ~(close[:, :jj, jj] & keep[:, :jj]).any(1)
+    return keep
+
+
+def charge_balanced_palette(
+    log_prob: torch.Tensor, palette: torch.Tensor, counts: torch.Tensor, top: int = 4, budget: int = 64
+) -> tuple[torch.Tensor, int]:
+    """(new palette [B, K], number of crystals changed).
+
+    Args:
+        log_prob: [B, K, V] palette log-probabilities (-inf where an element is not allowed).
+        palette: [B, K] sampled atomic number per entry (0 = unused entry).
+        counts: [B, K] occupied slots per entry.
+    """
+    out = palette.clone()
+    changed = 0
+    lp, pal, cnt = log_prob.cpu(), palette.cpu().tolist(), counts.cpu().tolist()
+    for b in range(len(pal)):
+        used = [k for k in range(len(pal[b])) if pal[b][k] > 0 and cnt[b][k] > 0]
+        if not used:
+            continue
+        els = [pal[b][k] for k in used]
+        ns = [cnt[b][k] for k in used]
+        if smact_valid_counts(tuple(zip(els, ns, strict=True))):
+            continue
+        options = []
+        for k, z in zip(used, els, strict=True):
+            best = torch.topk(lp[b, k], min(top + 1, lp.shape[-1]))
+            zs = [z] + [int(i) for i, v in zip(best.indices, best.values, strict=True) if int(i) not in (0, z) and v > -float("inf")]
+            options.append([(zz, float(lp[b, k, zz])) for zz in zs[: top + 1]])
+        combos = sorted(itertools.product(*options), key=lambda c: -sum(x[1] for x in c))
+        tried = 0
+        for combo in combos:
+            zs = [x[0] for x in combo]
+            if zs == els or len(set(zs)) < len(zs):
+                continue
+            tried += 1
+            if tried > budget:
+                break
+            if smact_valid_counts(tuple(zip(zs, ns, strict=True))):
+                for k, z in zip(used, zs, strict=True):
+                    out[b, k] = z
+                changed += 1
+                break
+    return out, changed
