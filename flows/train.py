@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger, task
 from design.config import RunConfig, config_from_dict, generator_key, same_generator
 from design.training.checkpoint import CheckpointError, load_checkpoint
 from design.training.trainer import FINAL_NAME
+from design.utils import atomic_write_text
 
 
 def generator_dir(config: RunConfig) -> Path:
@@ -69,7 +70,7 @@ def train_generator(config: dict, force: bool = False) -> str:
             return str(cached)
     workdir = generator_dir(cfg)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(cfg.model_dump_json(indent=2))
+    atomic_write_text(workdir / "config.json", cfg.model_dump_json(indent=2))
     summary = featurise(cfg.model_dump(mode="json"))
     logger.info("training data: %d rows, skipped %s", summary["rows"], summary["skipped"])
     return train_vaegan(cfg.model_dump(mode="json"), str(workdir))
