@@ -100,6 +100,13 @@ class TrainConfig(_Section):
     gp_weight: float = Field(10.0, ge=0, description="gradient penalty weight (wgan_gp)")
     label_smoothing: float = Field(0.1, ge=0, lt=0.5, description="one-sided: real targets are 1 - this")
     n_critic: int = Field(1, ge=1, description="discriminator steps per generator step")
+    d_augment_jitter: float = Field(
+        0.0, ge=0, description="differentiable augmentation: random displacements (Angstrom for crystals) of every "
+        "input D sees in the adversarial game, real and generated alike; 0 = off",
+    )
+    d_augment_permute: bool = Field(
+        False, description="random site order of D's adversarial inputs (an identity for the order-invariant crystal D)"
+    )
     gumbel_tau: float = Field(1.0, gt=0)
     grad_clip: float = Field(5.0, gt=0)
     monitor_samples: int = Field(256, ge=8, description="fixed sample for per-epoch collapse monitors")

@@ -108,6 +108,17 @@ class Domain(ABC):
     def detach_species(self, batch: Any) -> Any:
         """The batch with its discrete choices (elements, atom types) cut from the autograd graph."""
 
+    def augment(self, batch: Any, jitter: float, permute: bool, generator: torch.Generator | None = None) -> Any:
+        """Differentiable augmentation of a discriminator input: random displacements of standard
+        deviation ``jitter`` (the domain's length unit) and a random order of its parts. Domains
+        that support neither keep this default, which refuses a request it cannot honour."""
+        if jitter > 0 or permute:
+            raise ValueError(
+                f"domain {self.name!r} has no discriminator augmentation; set train.d_augment_jitter: 0 "
+                "and train.d_augment_permute: false"
+            )
+        return batch
+
     # -- physics and checks
     @abstractmethod
     def build_penalty(self) -> nn.Module:

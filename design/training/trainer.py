@@ -98,6 +98,8 @@ class Trainer:
         cidx = torch.randint(len(self.train_data), (cfg.train.monitor_samples,), generator=g)
         self.monitor_c = self.ystd_all[cidx.to(self.device)]
         self.monitor_real = torch.arange(m, device=self.device)
+        if self._augmenting:  # a domain without augmentation refuses here, not mid-epoch
+            self._augment(self.domain.real_batch(self.tensors_all.subset(torch.arange(1, device=self.device))))
         bank = torch.randperm(len(self.train_data), generator=g)[:4096]
         self.condition_bank = self.ystd_all[bank.to(self.device)].detach().cpu()
 
@@ -186,8 +188,9 @@ class Trainer:
             loss = tc.prop_weight * F.mse_loss(d_real.properties, y)
             out["d_prop"] = float(loss.detach()) / max(tc.prop_weight, 1e-12)
             if adv_on:
-                d_fake = D(fake)
-                adv = self.gan.d_loss(d_real.realism, d_fake.realism, tc.label_smoothing)
+                d_fake = D(self._augment(fake))
+                real_realism = D(self._augment(real)).realism if self._augmenting else d_real.realism
+                adv = self.gan.d_loss(real_realism, d_fake.realism, tc.label_smoothing)
                 loss = loss + adv
                 out["d_adv"] = float(adv.detach())
                 if self.gan.needs_gradient_penalty:
@@ -247,9 +250,14 @@ class Trainer:
             if adv_on or cond_on:
                 # measured: straight-through gradients from D into the discrete element choices
                 # wreck reconstruction; by default D's gradient shapes geometry only
-                d_fake = D(through_d(fake))
+                d_fake = D(self._augment(through_d(fake)))
                 if adv_on:
-                    g_adv = self.gan.g_loss(d_fake.realism, d_real.realism)
+                    if self._augmenting:
+                        with torch.no_grad():
+                            real_realism = D(self._augment(real)).realism
+                    else:
+                        real_realism = d_real.realism
+                    g_adv = self.gan.g_loss(d_fake.realism, real_realism)
                     loss = loss + tc.adv_weight * g_adv
                     out["g_adv"] = float(g_adv.detach())
                 if cond_on:
@@ -276,6 +284,19 @@ class Trainer:
             return out
         finally:
             D.requires_grad_(True)
+
+    # ------------------------------------------------------------------ augmentation
+    @property
+    def _augmenting(self) -> bool:
+        tc = self.config.train
+        return tc.d_augment_jitter > 0 or tc.d_augment_permute
+
+    def _augment(self, batch):
+        """D's view of an adversarial input (identity unless train.d_augment_* asks otherwise)."""
+        if not self._augmenting:
+            return batch
+        tc = self.config.train
+        return self.domain.augment(batch, tc.d_augment_jitter, tc.d_augment_permute)
 
     # ------------------------------------------------------------------ faults
     def _snapshot(self) -> dict[str, Any]:

@@ -130,3 +130,37 @@ def test_slots_pointing_at_unused_palette_entries_are_empty(setup):
     assert (z[1] > 0).sum() == 3 and set(z[1].tolist()) == {0, 11}
     structures = dom.decode(dom.batch_to_tensors(batch))
     assert [len(x) for x in structures] == [1, 3]
+
+
+def test_discriminator_augmentation(setup):
+    cfg, dom, ds, model = setup
+    batch = dom.real_batch(ds.tensors.subset(torch.arange(8)))
+    gen = torch.Generator().manual_seed(0)
+    # a random site order is an identity for the order-invariant discriminator
+    permuted = dom.augment(batch, 0.0, True, gen)
+    assert not torch.equal(permuted.frac, batch.frac)
+    assert torch.allclose(model.discriminator(permuted).realism, model.discriminator(batch).realism, atol=1e-4)
+    # jitter: Cartesian displacements with the asked standard deviation, lattice and species kept
+    frac = batch.frac.clone().requires_grad_(True)
+    moved = dom.augment(CrystalBatch(batch.species, frac, batch.lattice), 0.1, False, gen)
+    assert torch.equal(moved.lattice, batch.lattice) and torch.equal(moved.species, batch.species)
+    from design.domains.crystal.tensors import lattice_matrix
+
+    delta = moved.frac.detach() - batch.frac
+    delta = delta - torch.round(delta)  # undo the wrap into [0, 1)
+    cart = torch.einsum("bsx,bxy->bsy", delta, lattice_matrix(batch.lattice))
+    assert cart.std().item() == pytest.approx(0.1, rel=0.15)
+    moved.frac.sum().backward()
+    assert frac.grad is not None  # differentiable: D's gradient reaches the generator's coordinates
+
+
+def test_domain_without_augmentation_refuses_it():
+    from types import SimpleNamespace
+
+    from design.domains.base import Domain
+
+    bare = SimpleNamespace(name="bare")  # the base method only needs the domain's name
+    with pytest.raises(ValueError, match="train.d_augment_jitter"):
+        Domain.augment(bare, object(), 0.1, False)
+    marker = object()
+    assert Domain.augment(bare, marker, 0.0, False) is marker

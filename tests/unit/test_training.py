@@ -67,6 +67,12 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     assert not (tmp_path / "cut" / RESUME_NAME).exists()
 
 
+def test_trains_with_discriminator_augmentation(tmp_path):
+    cfg = tiny_config(train={"epochs": 1, "d_augment_jitter": 0.05, "d_augment_permute": True})
+    hist = _train(cfg, tmp_path).history
+    assert all(v == v for v in hist[-1].values()) and "d_adv" in hist[-1]
+
+
 @pytest.mark.parametrize("loss", ["hinge", "wgan_gp", "relativistic", "minimax"])
 def test_every_gan_loss_trains(tmp_path, loss):
     cfg = tiny_config(train={"epochs": 1, "gan_loss": loss}, model={"spectral_norm": loss != "wgan_gp"})

@@ -15,7 +15,7 @@ from design.domains.crystal import checks, tensors
 from design.domains.crystal.elements import N_SPECIES, tables
 from design.domains.crystal.nets import CrystalDecoderHead, CrystalDiscBody, CrystalEncoderBody, LatticeScaler
 from design.domains.crystal.penalty import CrystalPenalty
-from design.domains.crystal.tensors import CrystalBatch, CrystalTensors
+from design.domains.crystal.tensors import CrystalBatch, CrystalTensors, lattice_matrix
 from design.utils import atomic_write_text
 
 
@@ -75,6 +75,25 @@ class CrystalDomain(Domain):
 
     def detach_species(self, batch: CrystalBatch) -> CrystalBatch:
         return CrystalBatch(batch.species.detach(), batch.frac, batch.lattice)
+
+    def augment(
+        self, batch: CrystalBatch, jitter: float, permute: bool, generator: torch.Generator | None = None
+    ) -> CrystalBatch:
+        """Gaussian Cartesian displacements (``jitter`` Angstrom per axis) of every site and/or a
+        random site order; the lattice is kept. A random rotation of the frame has no form here:
+        the lower-triangular lattice is the same tensor for every rotation of a cell, so the
+        discriminator sees rotations as identical by construction (and, being a graph network
+        over distances, site orders too; ``permute`` is then an identity, kept for symmetry)."""
+        species, frac = batch.species, batch.frac
+        if permute:
+            order = torch.argsort(torch.rand(frac.shape[:2], generator=generator, device=frac.device), dim=1)
+            species = torch.gather(species, 1, order[..., None].expand_as(species))
+            frac = torch.gather(frac, 1, order[..., None].expand_as(frac))
+        if jitter > 0:
+            noise = torch.randn(frac.shape, generator=generator, device=frac.device) * jitter  # Cartesian
+            inv = torch.linalg.inv(lattice_matrix(batch.lattice))  # rows are lattice vectors
+            frac = torch.remainder(frac + torch.einsum("bsx,bxy->bsy", noise, inv), 1.0)
+        return CrystalBatch(species, frac, batch.lattice)
 
     # -- physics and checks
     def build_penalty(self) -> CrystalPenalty:
