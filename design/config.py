@@ -93,6 +93,10 @@ class TrainConfig(_Section):
     d_species_grad: bool = Field(
         False, description="let D's gradients reach the generator's element choices (straight-through)"
     )
+    d_cell_grad: bool = Field(
+        True, description="let D's gradients (adversarial, feature matching, conditioning) reach the cell "
+        "(crystals: the lattice); false leaves the cell to the likelihood",
+    )
     fm_weight: float = Field(0.1, ge=0, description="feature-matching reconstruction on D's features")
     prop_weight: float = Field(1.0, ge=0, description="D's property head regression on real data")
     cond_weight: float = Field(0.02, ge=0, description="AC reward: G's samples should read as their condition c")

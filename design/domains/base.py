@@ -108,6 +108,11 @@ class Domain(ABC):
     def detach_species(self, batch: Any) -> Any:
         """The batch with its discrete choices (elements, atom types) cut from the autograd graph."""
 
+    def detach_cell(self, batch: Any) -> Any:
+        """The batch with its periodic cell cut from the autograd graph (identity for domains
+        without one)."""
+        return batch
+
     def augment(self, batch: Any, jitter: float, permute: bool, generator: torch.Generator | None = None) -> Any:
         """Differentiable augmentation of a discriminator input: random displacements of standard
         deviation ``jitter`` (the domain's length unit) and a random order of its parts. Domains

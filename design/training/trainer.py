@@ -239,7 +239,7 @@ class Trainer:
             out["kl"] = float(kl.detach())
             with torch.no_grad():
                 d_real = D(real)
-            through_d = (lambda b: b) if tc.d_species_grad else self.domain.detach_species
+            through_d = self._through_d
             if tc.fm_weight > 0:
                 fm = (D(through_d(x_rec)).features - d_real.features).pow(2).sum(1).mean()
                 loss = loss + tc.fm_weight * fm
@@ -284,6 +284,15 @@ class Trainer:
             return out
         finally:
             D.requires_grad_(True)
+
+    def _through_d(self, batch):
+        """What of a generated batch D's gradients may shape (``train.d_species_grad``, ``d_cell_grad``)."""
+        tc = self.config.train
+        if not tc.d_species_grad:
+            batch = self.domain.detach_species(batch)
+        if not tc.d_cell_grad:
+            batch = self.domain.detach_cell(batch)
+        return batch
 
     # ------------------------------------------------------------------ augmentation
     @property

@@ -139,3 +139,17 @@ def test_collapse_is_flagged(tmp_path, caplog):
     unique = hist[-1]["mon_unique"]
     assert hist[-1]["collapse_warning"] == float(unique < 1.0)
     assert ("possible mode collapse" in caplog.text) == (unique < 1.0)
+
+
+@pytest.mark.parametrize(("species_grad", "cell_grad"), [(False, True), (False, False), (True, False)])
+def test_what_discriminator_gradients_may_shape(species_grad, cell_grad):
+    from design.domains.crystal.tensors import CrystalBatch
+
+    cfg = tiny_config(train={"d_species_grad": species_grad, "d_cell_grad": cell_grad})
+    trainer = Trainer(cfg, build_domain(cfg), None, "unused")
+    leaves = [torch.rand(2, 3, 5, requires_grad=True), torch.rand(2, 3, 3, requires_grad=True),
+              torch.rand(2, 6, requires_grad=True)]
+    seen = trainer._through_d(CrystalBatch(*leaves))
+    assert seen.frac.requires_grad  # geometry always learns from D
+    assert seen.species.requires_grad == species_grad
+    assert seen.lattice.requires_grad == cell_grad

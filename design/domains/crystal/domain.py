@@ -76,6 +76,9 @@ class CrystalDomain(Domain):
     def detach_species(self, batch: CrystalBatch) -> CrystalBatch:
         return CrystalBatch(batch.species.detach(), batch.frac, batch.lattice)
 
+    def detach_cell(self, batch: CrystalBatch) -> CrystalBatch:
+        return CrystalBatch(batch.species, batch.frac, batch.lattice.detach())
+
     def augment(
         self, batch: CrystalBatch, jitter: float, permute: bool, generator: torch.Generator | None = None
     ) -> CrystalBatch:
