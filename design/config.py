@@ -160,7 +160,8 @@ class GenerateConfig(_Section):
     constrained_decoding: bool = Field(
         True,
         description="inference-time decoding rules of the domain (crystals: merge duplicate same-element "
-        "sites, pick the most probable charge-balanced elements); false gives the raw samples",
+        "sites, pick the most probable charge-balanced elements, scale the cell to the composition's "
+        "fitted volume); false gives the raw samples",
     )
     latent_prior: Literal["fitted", "standard"] = Field(
         "fitted", description="sample z from a Gaussian fitted to the encoded training set, or from N(0, I)"

@@ -3,6 +3,7 @@ import torch
 
 from design import load_generator
 from design.api import CrystalCandidate
+from design.domains.crystal.tensors import cell_volume
 from design.training.checkpoint import CheckpointError
 
 
@@ -116,10 +117,31 @@ def test_constrained_decoding_changes_elements_only_and_never_loses_validity(gen
     assert gen.config.generate.constrained_decoding  # on by default
     raw = gen.sample(200, seed=9, score=False, constrained=False)
     con = gen.sample(200, seed=9, score=False)
-    # same draws: geometry identical, only element choices (and merged duplicates) differ
-    assert torch.equal(raw.tensors.frac, con.tensors.frac) and torch.equal(raw.tensors.lattice, con.tensors.lattice)
+    # same draws: fractional coordinates and cell shape identical; element choices (and merged
+    # duplicates) differ, and each cell is scaled to its composition's fitted volume
+    assert torch.equal(raw.tensors.frac, con.tensors.frac)
+    ratio = con.tensors.lattice / raw.tensors.lattice
+    assert torch.allclose(ratio, ratio[:, :1].expand_as(ratio), rtol=1e-4, equal_nan=True)
+    volumes = gen.model.generator.head.element_volume
+    assert volumes is not None
+    predicted = volumes[con.tensors.z].sum(1)
+    assert torch.allclose(cell_volume(con.tensors.lattice), predicted, rtol=1e-4)
     assert ((con.tensors.z > 0) <= (raw.tensors.z > 0)).all()  # merging only empties slots
     n_raw = sum(c.check.compositional for c in gen.candidates(raw))
     n_con = sum(c.check.compositional for c in gen.candidates(con))
     assert n_con >= n_raw
     assert not torch.equal(raw.tensors.z, con.tensors.z)  # an untrained-ish model has plenty to repair
+
+
+def test_checkpoint_without_element_volumes_loads_and_keeps_generated_cells(tiny_checkpoint, tmp_path, caplog):
+    from design.training.checkpoint import load_checkpoint, save_checkpoint
+
+    blob = load_checkpoint(tiny_checkpoint)
+    del blob["state"]["element_volumes"]  # as written before the volume rule existed
+    old = save_checkpoint(tmp_path / "generator.pt", blob)
+    g = load_generator(old)
+    assert g.model.generator.head.element_volume is None
+    assert "predates fitted element volumes" in caplog.text
+    raw = g.sample(20, seed=2, score=False, constrained=False)
+    con = g.sample(20, seed=2, score=False)
+    assert torch.equal(raw.tensors.lattice, con.tensors.lattice)

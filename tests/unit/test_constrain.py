@@ -6,8 +6,14 @@ import torch
 from pymatgen.core import Composition
 
 from design.domains.crystal.checks import compositional_reason
-from design.domains.crystal.constrain import charge_balanced_palette, merge_duplicate_sites
+from design.domains.crystal.constrain import (
+    charge_balanced_palette,
+    fit_element_volumes,
+    merge_duplicate_sites,
+    rescale_to_volume,
+)
 from design.domains.crystal.elements import N_SPECIES
+from design.domains.crystal.tensors import cell_volume, cholesky_to_params
 
 CUBIC5 = torch.tensor([[5.0, 0.0, 5.0, 0.0, 0.0, 5.0]])  # lower-triangular lattice, 5 A cube
 
@@ -55,3 +61,31 @@ def test_valid_or_unrepairable_compositions_are_left_alone():
     lp = _logits([{54: 0.0}, {36: 0.0}])
     kept, changed = charge_balanced_palette(lp, torch.tensor([[54, 36]]), torch.tensor([[1, 1]]))
     assert changed == 0 and kept.tolist() == [[54, 36]]
+
+
+def test_element_volumes_are_recovered_from_cells_built_from_them():
+    # Na 20 A^3, Cl 30 A^3, O 10 A^3: cubic cells whose volume is exactly the sum over atoms
+    rows = [[11, 17, 0, 0], [11, 11, 8, 0], [17, 8, 8, 8], [11, 17, 17, 8]]
+    truth = {11: 20.0, 17: 30.0, 8: 10.0}
+    z = torch.tensor(rows)
+    side = torch.tensor([sum(truth[e] for e in r if e) ** (1 / 3) for r in rows])
+    lattice = torch.stack([side, 0 * side, side, 0 * side, 0 * side, side], 1)
+    vols = fit_element_volumes(z, lattice, N_SPECIES)
+    assert len(vols) == N_SPECIES
+    for e, v in truth.items():
+        assert math.isclose(vols[e], v, rel_tol=1e-6)
+    assert vols[0] == 0 and vols[26] == 0  # padding and unseen elements have no volume
+
+
+def test_cells_are_scaled_to_the_predicted_volume_keeping_their_shape():
+    vols = torch.zeros(N_SPECIES)
+    vols[11], vols[17] = 20.0, 30.0
+    oblique = torch.tensor([[4.0, 1.0, 5.0, 0.5, -0.7, 6.0]])
+    lattice = torch.cat([CUBIC5, oblique, CUBIC5, CUBIC5])
+    element = torch.tensor([[11, 17, 0], [11, 11, 17], [11, 26, 0], [0, 0, 0]])
+    out = rescale_to_volume(element, lattice, vols)
+    assert torch.allclose(cell_volume(out[:2]), torch.tensor([50.0, 70.0]))
+    params_in, params_out = cholesky_to_params(lattice[:2]), cholesky_to_params(out[:2])
+    assert torch.allclose(params_in[:, 3:], params_out[:, 3:], atol=1e-3)  # angles kept
+    # Fe has no fitted volume, and an empty crystal has nothing to predict from: cells kept
+    assert torch.equal(out[2:], lattice[2:])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -12,11 +13,14 @@ from pymatgen.core import Structure
 from design.config import ModelConfig, PenaltyConfig
 from design.domains.base import Candidate, Domain, DomainNetworks, EncodedDataset
 from design.domains.crystal import checks, tensors
+from design.domains.crystal.constrain import fit_element_volumes
 from design.domains.crystal.elements import N_SPECIES, tables
 from design.domains.crystal.nets import CrystalDecoderHead, CrystalDiscBody, CrystalEncoderBody, LatticeScaler
 from design.domains.crystal.penalty import CrystalPenalty
 from design.domains.crystal.tensors import CrystalBatch, CrystalTensors, lattice_matrix
 from design.utils import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 
 class CrystalDomain(Domain):
@@ -50,6 +54,7 @@ class CrystalDomain(Domain):
             "lattice_mean": feats.mean(0).tolist(),
             "lattice_std": feats.std(0).clamp(min=1e-3).tolist(),
             "allowed_species": allowed.nonzero().squeeze(1).tolist(),
+            "element_volumes": fit_element_volumes(t.z, t.lattice, N_SPECIES),
         }
 
     # -- tensors
@@ -149,9 +154,17 @@ class CrystalDomain(Domain):
         enc_scaler = LatticeScaler(state["lattice_mean"], state["lattice_std"])
         dec_scaler = LatticeScaler(state["lattice_mean"], state["lattice_std"])
         feature_dim = model_cfg.hidden
+        volumes = state.get("element_volumes")
+        if volumes is None:
+            log.warning(
+                "this checkpoint predates fitted element volumes: constrained decoding leaves cell volumes "
+                "as generated (retrain with `invdes train` to get the volume rule)"
+            )
         return DomainNetworks(
             encoder_body=CrystalEncoderBody(model_cfg, enc_scaler),
-            decoder_head=CrystalDecoderHead(model_cfg, dec_scaler, state["max_sites"], allowed, model_cfg.max_elements),
+            decoder_head=CrystalDecoderHead(
+                model_cfg, dec_scaler, state["max_sites"], allowed, model_cfg.max_elements, volumes
+            ),
             disc_body=CrystalDiscBody(model_cfg, feature_dim),
             feature_dim=feature_dim,
         )

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from design.config import ModelConfig
-from design.domains.crystal.constrain import charge_balanced_palette, merge_duplicate_sites
+from design.domains.crystal.constrain import charge_balanced_palette, merge_duplicate_sites, rescale_to_volume
 from design.domains.crystal.elements import N_SPECIES
 from design.domains.crystal.tensors import (
     CrystalBatch,
@@ -157,7 +157,13 @@ class CrystalDecoderHead(nn.Module):
     """
 
     def __init__(
-        self, cfg: ModelConfig, scaler: LatticeScaler, max_sites: int, allowed: torch.Tensor, n_palette: int
+        self,
+        cfg: ModelConfig,
+        scaler: LatticeScaler,
+        max_sites: int,
+        allowed: torch.Tensor,
+        n_palette: int,
+        element_volume: list[float] | None = None,
     ):
         super().__init__()
         d = cfg.site_dim
@@ -168,6 +174,10 @@ class CrystalDecoderHead(nn.Module):
         palette_mask = allowed[None].repeat(n_palette, 1)  # [K, V]
         palette_mask[0, 0] = False  # the first palette entry is always an element
         self.register_buffer("palette_allowed", palette_mask)
+        # fitted per-element volumes for constrained decoding; derived from the training data (the
+        # domain state), so not part of the weights; None for checkpoints that predate them
+        vols = None if element_volume is None else torch.tensor(element_volume, dtype=torch.float32)
+        self.register_buffer("element_volume", vols, persistent=False)
         self.palette = mlp([cfg.hidden, cfg.hidden, n_palette * N_SPECIES])
         self.to_slots = nn.Linear(cfg.hidden, max_sites * d)  # each slot reads its own view of h
         self.slot_embed = nn.Parameter(torch.randn(max_sites, d))
@@ -219,7 +229,9 @@ class CrystalDecoderHead(nn.Module):
         n = (typ_idx > 0).sum(1).to(vec.dtype)
         lattice = self.scaler.from_std(raw["lattice_std"], n)
         if constrained:
-            pal_idx, typ_idx = self._constrain(raw["palette_logits"] / temperature, pal_idx, typ_idx, frac, lattice)
+            pal_idx, typ_idx, lattice = self._constrain(
+                raw["palette_logits"] / temperature, pal_idx, typ_idx, frac, lattice
+            )
         palette = _straight_through(pal_soft, pal_idx)  # [B, K, V]
         types = _straight_through(typ_soft, typ_idx)  # [B, S, K + 1]
         empty = F.one_hot(torch.zeros((), dtype=torch.long, device=palette.device), N_SPECIES).to(palette.dtype)
@@ -228,14 +240,20 @@ class CrystalDecoderHead(nn.Module):
 
     def _constrain(
         self, logits: torch.Tensor, pal_idx: torch.Tensor, typ_idx: torch.Tensor, frac: torch.Tensor, lattice: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Duplicate same-element sites merged, then a charge-balanced palette where one is near."""
-        element = torch.gather(pal_idx, 1, (typ_idx - 1).clamp(min=0)).masked_fill(typ_idx == 0, 0)  # [B, S]
-        keep = merge_duplicate_sites(element, frac, lattice)
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Duplicate same-element sites merged, then a charge-balanced palette where one is near,
+        then the cell scaled to the composition's fitted volume (where the head has the table)."""
+        def elements(pal: torch.Tensor, typ: torch.Tensor) -> torch.Tensor:  # [B, S] atomic numbers
+            return torch.gather(pal, 1, (typ - 1).clamp(min=0)).masked_fill(typ == 0, 0)
+
+        keep = merge_duplicate_sites(elements(pal_idx, typ_idx), frac, lattice)
         typ_idx = typ_idx.masked_fill(~keep, 0)
         counts = F.one_hot(typ_idx, self.n_palette + 1)[..., 1:].sum(1)  # [B, K]
         pal_idx, _ = charge_balanced_palette(torch.log_softmax(logits, -1), pal_idx, counts)
-        return pal_idx.to(typ_idx.device), typ_idx
+        pal_idx = pal_idx.to(typ_idx.device)
+        if self.element_volume is not None:
+            lattice = rescale_to_volume(elements(pal_idx, typ_idx), lattice, self.element_volume)
+        return pal_idx, typ_idx, lattice
 
     def reconstruction_loss(self, raw: dict[str, torch.Tensor], t: CrystalTensors) -> dict[str, torch.Tensor]:
         """Negative log-likelihood terms per crystal (summed over its parts, averaged over the batch),
