@@ -6,6 +6,7 @@
                     [--target formation_energy_per_atom=-2.0] [--valid-only]
     invdes bench crystal --model models:/crystal-generator@champion --n 10000 --json bench.json
     invdes ablate --spec configs/ablations/crystal.yaml --out runs/ablation
+    invdes label bvse --out data/labels/bvse_li.csv.gz [--workers 2] [--time-limit 60]
 """
 
 from __future__ import annotations
@@ -130,6 +131,16 @@ def cmd_ablate(args) -> int:
     return 0
 
 
+def cmd_label(args) -> int:
+    from flows.labels import run
+
+    settings = {"time_limit_s": args.time_limit, "resolution": args.resolution, "encut": args.encut}
+    prov = run(args.out, args.workers, sources=args.source, settings=settings, max_sites=args.max_sites)
+    print(json.dumps(prov["counts"], indent=2))
+    print(f"labels written to {args.out} (provenance beside it)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="invdes", description="Adversarial inverse design of crystals.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -175,6 +186,18 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--spec", required=True, help="ablation spec, e.g. configs/ablations/crystal.yaml")
     a.add_argument("--out", default="runs/ablation", help="results folder; a rerun skips finished variants")
     a.set_defaults(func=cmd_ablate)
+
+    lab = sub.add_parser("label", help="physics-oracle labels for dataset structures (cached, resumable)")
+    lab.add_argument("oracle", choices=["bvse"], help="BVSE Li+ migration barriers (bvlain)")
+    lab.add_argument("--out", default="data/labels/bvse_li.csv.gz", help="labels table (CSV; provenance beside it)")
+    lab.add_argument("--source", action="append", help="dataset file under the data root (default: all crystal "
+                     "splits and the OBELiX CIFs); repeat for several")
+    lab.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="structures computed at once")
+    lab.add_argument("--time-limit", type=float, default=60.0, help="seconds per structure (default 60)")
+    lab.add_argument("--resolution", type=float, default=0.2, help="grid spacing in Angstrom (default 0.2)")
+    lab.add_argument("--encut", type=float, default=5.0, help="barriers above this many eV count as infinite")
+    lab.add_argument("--max-sites", type=int, default=20, help="largest cell taken from the CSV splits")
+    lab.set_defaults(func=cmd_label)
     return p
 
 
