@@ -7,6 +7,7 @@
     invdes bench crystal --model models:/crystal-generator@champion --n 10000 --json bench.json
     invdes ablate --spec configs/ablations/crystal.yaml --out runs/ablation
     invdes label bvse --out data/labels/bvse_li.csv.gz [--workers 2] [--time-limit 60]
+    invdes surrogate --labels data/labels/bvse_li.csv.gz --out runs/surrogate/bvse.pt --json metrics.json
 """
 
 from __future__ import annotations
@@ -141,6 +142,21 @@ def cmd_label(args) -> int:
     return 0
 
 
+def cmd_surrogate(args) -> int:
+    from property_models.barriers import train_and_evaluate
+    from property_models.surrogate import SurrogateConfig
+
+    cfg = SurrogateConfig(targets=args.target or ["e_3d"], members=args.members, epochs=args.epochs, seed=args.seed)
+    _, result = train_and_evaluate(args.labels, cfg, args.test_fraction, args.out)
+    text = json.dumps(result, indent=2, default=str)
+    print(text)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text)
+    print(f"ensemble written to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="invdes", description="Adversarial inverse design of crystals.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -198,6 +214,17 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--encut", type=float, default=5.0, help="barriers above this many eV count as infinite")
     lab.add_argument("--max-sites", type=int, default=20, help="largest cell taken from the CSV splits")
     lab.set_defaults(func=cmd_label)
+
+    sg = sub.add_parser("surrogate", help="train the barrier surrogate ensemble on oracle labels; held-out metrics")
+    sg.add_argument("--labels", default="data/labels/bvse_li.csv.gz", help="table from `invdes label bvse`")
+    sg.add_argument("--out", default="runs/surrogate/bvse.pt", help="where the ensemble is saved")
+    sg.add_argument("--json", help="write the metrics here too")
+    sg.add_argument("--target", action="append", help="label column (default e_3d); repeat for several")
+    sg.add_argument("--members", type=int, default=5)
+    sg.add_argument("--epochs", type=int, default=150)
+    sg.add_argument("--seed", type=int, default=0)
+    sg.add_argument("--test-fraction", type=float, default=0.2, help="formulas held out for the metrics")
+    sg.set_defaults(func=cmd_surrogate)
     return p
 
 

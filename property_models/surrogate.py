@@ -1,0 +1,239 @@
+"""A deep-ensemble periodic graph network that predicts properties of crystal structures.
+
+Each member is a crystal graph network (torch-geometric ``CGConv`` layers over the periodic radius
+graph of :mod:`property_models.graphs`, Gaussian radial features of the distances). A structure's
+embedding is the mean over all sites concatenated with the mean over the sites of the *mobile*
+element (Li by default; the global mean where there is none), read out by an MLP. Members differ
+in their initialisation and batch order; the ensemble predicts their mean and, as its
+uncertainty, their standard deviation (Lakshminarayanan et al., 2017).
+
+Targets are standardised per column; each member keeps the weights of its best epoch on an inner
+validation split of its training data (early stopping). Saved files are plain ``torch.save``
+dicts of tensors, numbers and strings that load with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch_geometric.data import Data
+from torch_geometric.loader import DataLoader
+from torch_geometric.nn import CGConv
+from torch_geometric.utils import scatter
+
+from design.utils import atomic_path, resolve_device
+
+log = logging.getLogger(__name__)
+
+FORMAT = "invdes-surrogate"
+VERSION = 1
+N_Z = 100
+
+
+@dataclass
+class SurrogateConfig:
+    targets: list[str] = field(default_factory=lambda: ["e_3d"])
+    cutoff: float = 5.0
+    hidden: int = 64
+    layers: int = 3
+    n_rbf: int = 32
+    mobile_z: int = 3  # Li
+    members: int = 5
+    epochs: int = 150
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    val_fraction: float = 0.1
+    patience: int = 30
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self):
+        for name in ("hidden", "layers", "n_rbf", "members", "epochs", "batch_size", "patience"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"surrogate {name}={v!r} must be an int >= 1")
+        if not self.targets:
+            raise ValueError("surrogate targets must name at least one column")
+        if not 0 < self.val_fraction < 0.5:
+            raise ValueError(f"val_fraction={self.val_fraction} must be in (0, 0.5)")
+        if not self.lr > 0 or not self.cutoff > 0:
+            raise ValueError(f"lr={self.lr} and cutoff={self.cutoff} must be > 0")
+
+
+class _RBF(nn.Module):
+    def __init__(self, n: int, cutoff: float):
+        super().__init__()
+        self.register_buffer("centers", torch.linspace(0.0, cutoff, n))
+        self.gamma = (n / cutoff) ** 2
+
+    def forward(self, d: torch.Tensor) -> torch.Tensor:
+        return torch.exp(-self.gamma * (d[:, None] - self.centers) ** 2)
+
+
+class CrystalGraphNet(nn.Module):
+    """One ensemble member: embedding -> CGConv x layers -> (global mean, mobile-ion mean) -> MLP."""
+
+    def __init__(self, cfg: SurrogateConfig):
+        super().__init__()
+        self.mobile_z = cfg.mobile_z
+        self.embed = nn.Embedding(N_Z, cfg.hidden)
+        self.rbf = _RBF(cfg.n_rbf, cfg.cutoff)
+        self.convs = nn.ModuleList(CGConv(cfg.hidden, dim=cfg.n_rbf, batch_norm=False) for _ in range(cfg.layers))
+        self.norms = nn.ModuleList(nn.LayerNorm(cfg.hidden) for _ in range(cfg.layers))
+        self.head = nn.Sequential(
+            nn.Linear(2 * cfg.hidden, cfg.hidden), nn.SiLU(), nn.Linear(cfg.hidden, len(cfg.targets))
+        )
+
+    def forward(self, data: Data) -> torch.Tensor:
+        h = self.embed(data.z)
+        e = self.rbf(data.dist)
+        for conv, norm in zip(self.convs, self.norms, strict=True):
+            h = norm(conv(h, data.edge_index, e))
+        batch = data.batch if getattr(data, "batch", None) is not None else torch.zeros_like(data.z)
+        n_graphs = int(batch.max()) + 1 if len(batch) else 0
+        mean_all = scatter(h, batch, dim=0, dim_size=n_graphs, reduce="mean")
+        mobile = (data.z == self.mobile_z).float()[:, None]
+        count = scatter(mobile, batch, dim=0, dim_size=n_graphs, reduce="sum")
+        mean_mobile = scatter(h * mobile, batch, dim=0, dim_size=n_graphs, reduce="sum") / count.clamp(min=1)
+        mean_mobile = torch.where(count > 0, mean_mobile, mean_all)
+        return self.head(torch.cat([mean_all, mean_mobile], dim=1))
+
+
+@dataclass
+class Prediction:
+    mean: np.ndarray  # [N, T] physical units
+    std: np.ndarray  # [N, T] spread of the members
+
+
+class SurrogateEnsemble:
+    """Members plus the target scaling; :meth:`predict` gives mean and standard deviation."""
+
+    def __init__(self, cfg: SurrogateConfig, members: list[CrystalGraphNet], mean: torch.Tensor, std: torch.Tensor,
+                 info: dict | None = None):
+        self.cfg = cfg
+        self.members = [m.eval() for m in members]
+        self.mean = mean
+        self.std = std
+        self.info = info or {}
+        self.device = next(members[0].parameters()).device
+
+    @torch.no_grad()
+    def predict(self, graphs: list[Data], batch_size: int = 256) -> Prediction:
+        if not graphs:
+            t = len(self.cfg.targets)
+            return Prediction(np.zeros((0, t)), np.zeros((0, t)))
+        outs = []
+        for m in self.members:
+            parts = [m(b.to(self.device)).cpu() for b in DataLoader(graphs, batch_size=batch_size, shuffle=False)]
+            outs.append(torch.cat(parts) * self.std + self.mean)
+        stack = torch.stack(outs)  # [M, N, T]
+        return Prediction(stack.mean(0).numpy(), stack.std(0, unbiased=False).numpy())
+
+    def save(self, path: str | Path) -> Path:
+        blob = {
+            "format": FORMAT,
+            "version": VERSION,
+            "config": asdict(self.cfg),
+            "members": [{k: v.cpu() for k, v in m.state_dict().items()} for m in self.members],
+            "target_mean": self.mean.cpu(),
+            "target_std": self.std.cpu(),
+            "info": self.info,
+        }
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            torch.save(blob, tmp)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto") -> SurrogateEnsemble:
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as err:  # truncated, tampered or not a torch file
+            raise ValueError(f"{path} is not a readable surrogate file ({err}); retrain with `invdes surrogate`") from None
+        if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+            raise ValueError(f"{path} is not an {FORMAT} file; retrain with `invdes surrogate`")
+        cfg = SurrogateConfig(**blob["config"])
+        dev = resolve_device(device)
+        members = []
+        for state in blob["members"]:
+            m = CrystalGraphNet(cfg)
+            m.load_state_dict(state)
+            members.append(m.to(dev))
+        return cls(cfg, members, blob["target_mean"], blob["target_std"], blob.get("info", {}))
+
+
+def _fit_member(cfg: SurrogateConfig, train: list[Data], val: list[Data], seed: int, device: torch.device) -> tuple[CrystalGraphNet, dict]:
+    torch.manual_seed(seed)
+    model = CrystalGraphNet(cfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    gen = torch.Generator().manual_seed(seed)
+    loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, generator=gen)
+    best, best_state, best_epoch, stale = math.inf, None, 0, 0
+    for epoch in range(cfg.epochs):
+        model.train()
+        for batch in loader:
+            batch = batch.to(device)
+            loss = nn.functional.smooth_l1_loss(model(batch), batch.y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+        sched.step()
+        model.eval()
+        with torch.no_grad():
+            val_loss = float(sum(
+                nn.functional.smooth_l1_loss(model(b.to(device)), b.y, reduction="sum")
+                for b in DataLoader(val, batch_size=256)
+            ) / max(len(val) * len(cfg.targets), 1))
+        if val_loss < best:
+            best, best_state, best_epoch, stale = val_loss, copy.deepcopy(model.state_dict()), epoch, 0
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                break
+    model.load_state_dict(best_state)
+    return model.eval(), {"best_epoch": best_epoch, "val_loss": best, "epochs_run": epoch + 1}
+
+
+def train_ensemble(cfg: SurrogateConfig, graphs: list[Data], y: np.ndarray) -> SurrogateEnsemble:
+    """Train ``cfg.members`` members on ``graphs`` with targets ``y`` [N, T] (physical units, finite)."""
+    y = np.asarray(y, dtype=np.float32).reshape(len(graphs), -1)
+    if y.shape[1] != len(cfg.targets):
+        raise ValueError(f"y has {y.shape[1]} columns but the config names targets {cfg.targets}")
+    if not np.isfinite(y).all():
+        raise ValueError("training targets must be finite; cap or drop infinite barriers first")
+    if len(graphs) < 10:
+        raise ValueError(f"{len(graphs)} training structures are too few for a surrogate (need >= 10)")
+    device = resolve_device(cfg.device)
+    mean = torch.tensor(y.mean(0))
+    std = torch.tensor(y.std(0)).clamp(min=1e-6)
+    scaled = [g.clone() for g in graphs]
+    for g, row in zip(scaled, (torch.tensor(y) - mean) / std, strict=True):
+        g.y = row[None]
+    rng = np.random.default_rng(cfg.seed)
+    start = time.perf_counter()
+    members, stats = [], []
+    for k in range(cfg.members):
+        order = rng.permutation(len(scaled))
+        n_val = max(1, int(round(cfg.val_fraction * len(scaled))))
+        val, train = [scaled[i] for i in order[:n_val]], [scaled[i] for i in order[n_val:]]
+        model, st = _fit_member(cfg, train, val, cfg.seed * 1000 + k, device)
+        members.append(model)
+        stats.append(st)
+        log.info("surrogate member %d/%d: best epoch %d, inner-val loss %.4f (%.0f s so far)", k + 1, cfg.members,
+                 st["best_epoch"], st["val_loss"], time.perf_counter() - start)
+    info = {"n_train": len(graphs), "members": stats, "wall_s": time.perf_counter() - start, "device": str(device)}
+    return SurrogateEnsemble(cfg, members, mean, std, info)
