@@ -72,6 +72,7 @@ class Generator:
         source: str = "",
         history: list[dict] | None = None,
         train_info: dict | None = None,
+        latent_bank: dict[str, torch.Tensor] | None = None,
     ):
         self.model = model.eval()
         self.domain = domain
@@ -86,6 +87,8 @@ class Generator:
         self.history = history or []
         self.train_info = train_info or {}  # n_train, device, wall_s of the training run
         self.penalty = domain.build_penalty().to(device)
+        # posterior means [N, Z] and standardised properties [N, P] of the training set (newer checkpoints)
+        self.latent_bank = {k: v.to(device) for k, v in latent_bank.items()} if latent_bank else None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None) -> Generator:
@@ -118,23 +121,69 @@ class Generator:
             source=str(path),
             history=blob.get("history", []),
             train_info=blob.get("train_info", {}),
+            latent_bank=blob.get("latent_bank"),
         )
 
     # ------------------------------------------------------------------ conditioning
     def condition(self, n: int, target: dict[str, float] | None, generator: torch.Generator) -> torch.Tensor:
         """[n, P] standardised condition: the target where given, else property rows of training
         crystals drawn at random (the data distribution the generator was trained on)."""
-        if target is not None and not isinstance(target, dict):
-            raise TypeError(f"target must be a dict of property -> value or None, got {type(target).__name__}")
         pick = torch.randint(len(self.condition_bank), (n,), generator=generator, device=self.device)
         c = self.condition_bank[pick].clone()
-        for name, value in (target or {}).items():
+        if target is not None:
+            std = self._standardised_target(target)
+            for name in target:
+                j = self.property_names.index(name)
+                c[:, j] = std[j]
+        return c
+
+    def focused_prior(self, target: dict[str, float], k: int, extra: torch.Tensor | None = None) -> GaussianPrior:
+        """Gaussian over the latent means of the ``k`` training samples whose properties lie nearest
+        to ``target`` (standardised distance over the named properties), plus the rows of ``extra``
+        [M, Z] (e.g. encodings of verified hits); its covariance is shrunk toward the fitted prior's.
+
+        Conditioning through the trunk alone leaves much to ``z``; sampling ``z`` where training
+        samples with the wanted property sit makes the target hold far more often."""
+        if self.latent_bank is None:
+            raise ValueError(
+                f"generator {self.source} has no latent bank (trained before prior focusing existed); "
+                "set generate.prior_focus: null or retrain it"
+            )
+        if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+            raise ValueError(f"prior focus k={k!r} must be an int >= 2 (training samples near the target)")
+        c = self._standardised_target(target)
+        y = self.latent_bank["y"]
+        cols = [self.property_names.index(name) for name in target]
+        dist = (y[:, cols] - c[cols]).pow(2).sum(1)
+        nearest = torch.argsort(dist, stable=True)[: min(k, len(dist))]
+        mu = self.latent_bank["mu"][nearest]
+        if extra is not None and len(extra):
+            mu = torch.cat([mu, extra.to(mu)])
+        return GaussianPrior.fit_shrunk(mu, self.latent_prior)
+
+    @torch.no_grad()
+    def latent_means(self, objs: list) -> torch.Tensor:
+        """[N, Z] posterior means of domain objects (e.g. verified candidates) under the encoder."""
+        if not objs:
+            return torch.zeros(0, self.latent_dim, device=self.device)
+        return self.model.encoder(self.domain.encode(list(objs)).to(self.device))[0]
+
+    @property
+    def latent_dim(self) -> int:
+        return self.model.latent_dim
+
+    def _standardised_target(self, target: dict[str, float]) -> torch.Tensor:
+        """[P] standardised values of the named target properties (others 0); validates the names."""
+        if not isinstance(target, dict):
+            raise TypeError(f"target must be a dict of property -> value or None, got {type(target).__name__}")
+        c = torch.zeros(len(self.property_names), device=self.device)
+        for name, value in target.items():
             if name not in self.property_names:
                 raise ValueError(f"unknown target property {name!r}; this generator knows {self.property_names}")
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"target {name}={value!r} must be a finite number")
             j = self.property_names.index(name)
-            c[:, j] = (float(value) - self.property_mean[j]) / self.property_std[j]
+            c[j] = (float(value) - self.property_mean[j]) / self.property_std[j]
         return c
 
     # ------------------------------------------------------------------ sampling
@@ -148,10 +197,14 @@ class Generator:
         batch_size: int | None = None,
         score: bool = True,
         constrained: bool | None = None,
+        prior: GaussianPrior | None = None,
     ) -> GeneratedBatch:
         """Sample ``n`` tensors (one generator call per batch) and, with ``score``, their scores
         (see :meth:`score`); without it ``scores`` is empty, which is faster when only the
-        structures are wanted. ``constrained`` overrides ``generate.constrained_decoding``."""
+        structures are wanted. ``constrained`` overrides ``generate.constrained_decoding``.
+
+        Latent samples come from ``prior`` when given; else, with a ``target`` and
+        ``generate.prior_focus`` set, from :meth:`focused_prior`; else from the fitted prior."""
         _check_count(n)
         temperature = self.config.generate.temperature if temperature is None else float(temperature)
         if not temperature > 0:
@@ -160,10 +213,13 @@ class Generator:
             constrained = self.config.generate.constrained_decoding
         bs = batch_size or self.config.generate.batch_size
         gen = torch.Generator(device=self.device).manual_seed(int(seed))
+        focus = self.config.generate.prior_focus
+        if prior is None:
+            prior = self.focused_prior(target, focus) if (target and focus) else self.latent_prior
         parts = []
         for start in range(0, n, bs):
             m = min(bs, n - start)
-            z = self.latent_prior.sample(m, generator=gen)
+            z = prior.sample(m, generator=gen)
             c = self.condition(m, target, gen)
             raw = self.model.generator(z, c)
             batch = self.model.generator.head.sample(

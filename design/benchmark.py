@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from design.api import Generator
+from design.data import training_structures
 from design.domains.base import Candidate, Domain
 from design.generation.filtering import ReferenceIndex, annotate
 from design.generation.ranking import rank_table
@@ -128,8 +129,7 @@ def run_crystal_benchmark(
     scores = generator.score(batch.tensors)
     t["score"] = time.perf_counter() - start
     start = time.perf_counter()
-    train = domain.load_dataset(cfg.data.train, list(cfg.data.properties), cfg.data.limit)
-    train_structures = domain.decode(train.tensors)
+    train_structures = training_structures(domain, cfg)
     index = ReferenceIndex.build(domain, train_structures)
     t["setup_training_index"] = time.perf_counter() - start
     cands = [

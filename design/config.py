@@ -35,6 +35,10 @@ class DataConfig(_Section):
     properties: tuple[str, ...] = ("formation_energy_per_atom",)
     max_sites: int = Field(20, ge=1, le=64)
     limit: int | None = Field(None, ge=1, description="use only the first N rows (quick runs)")
+    property_table: str | None = Field(
+        None, description="CSV keyed by material_id with property columns the train file lacks (e.g. oracle "
+        "labels); a path relative to the working directory. Rows without a finite value are skipped",
+    )
 
     @field_validator("properties")
     @classmethod
@@ -169,6 +173,10 @@ class GenerateConfig(_Section):
     target: dict[str, float] | None = Field(
         None, description="property values to condition on, physical units; null samples the data distribution"
     )
+    prior_focus: int | None = Field(
+        None, ge=2, description="with a target: sample z from a Gaussian over the latent means of the N training "
+        "samples nearest to the target (see Generator.focused_prior); null uses the whole fitted prior",
+    )
 
 
 class FilterConfig(_Section):
@@ -176,16 +184,59 @@ class FilterConfig(_Section):
     require_unique: bool = True
     require_novel: bool = True
     max_elements_smact: int = Field(8, ge=1, description="compositions with more elements count as invalid")
+    require_contains: tuple[str, ...] = Field(
+        (), description="parts every kept candidate must have (crystals: element symbols, e.g. [Li])"
+    )
 
 
 class RankConfig(_Section):
-    """Weighted ranking over z-scored terms: realism (up), penalty (down), properties by goal."""
+    """Weighted ranking over z-scored terms: realism (up), penalty (down), properties by goal.
+
+    A property key is one of ``data.properties`` (the discriminator's head, column ``pred_<key>``)
+    or the surrogate's column ``sur_<surrogate.target>``; a column with a ``<column>_std`` beside
+    it is ranked on its pessimistic value, ``mean +- uncertainty_weight * std``."""
 
     realism_weight: float = Field(1.0, ge=0)
     penalty_weight: float = Field(1.0, ge=0)
     property_weights: dict[str, float] = Field(default_factory=dict)
     property_goals: dict[str, Literal["minimize", "maximize", "target"]] = Field(default_factory=dict)
+    uncertainty_weight: float = Field(1.0, ge=0, description="standard deviations a predicted value is made worse by")
     top_k: int = Field(20, ge=1, description="how many top candidates get CIF files and pictures")
+
+
+class SurrogateSection(_Section):
+    """The property surrogate of a closed loop: a deep ensemble trained on oracle labels, used to
+    rank candidates and fine-tuned on every round's verified results."""
+
+    labels: str = Field("data/labels/bvse_li.csv.gz", description="oracle labels table (`invdes label bvse`); "
+                        "made by the campaign when missing")
+    target: str = Field("e_3d", description="label column to predict, eV")
+    members: int = Field(5, ge=1)
+    epochs: int = Field(150, ge=1, description="epochs of the initial training on all labels")
+    finetune_epochs: int = Field(30, ge=1, description="epochs of fine-tuning after each round's verification")
+    hidden: int = Field(64, ge=8)
+    layers: int = Field(3, ge=1)
+
+    @property
+    def column(self) -> str:
+        return f"sur_{self.target}"
+
+
+class VerifySection(_Section):
+    """Independent verification of a closed loop's top candidates: the BVSE oracle and CHGNet."""
+
+    top_k: int = Field(20, ge=1, description="candidates of each round verified (best ranked first)")
+    time_limit_s: float = Field(60.0, gt=0, description="oracle time limit per structure")
+    resolution: float = Field(0.2, ge=0.05, le=1.0, description="oracle grid spacing, Angstrom (as the labels')")
+    workers: int = Field(2, ge=1, description="oracle worker processes")
+    chgnet: bool = Field(True, description="CHGNet energy per atom and its excess over the training reference")
+    relax_steps: int = Field(0, ge=0, description="FIRE steps before the CHGNet energy (0 = static)")
+    reference_size: int = Field(400, ge=2, description="training crystals whose CHGNet energies fit the reference")
+    hit_quantile: float = Field(0.1, gt=0, lt=1, description="a hit lies below this quantile of the training "
+                                "structures' oracle values")
+    final_top: int = Field(50, ge=1, description="best candidates of the final ranking verified for the report")
+    baseline: int = Field(50, ge=1, description="random accepted candidates verified as the baseline")
+    feedback: bool = Field(True, description="verified hits join the latent prior of later rounds")
 
 
 class TrackingConfig(_Section):
@@ -213,23 +264,30 @@ class RunConfig(_Section):
     generate: GenerateConfig = GenerateConfig()
     filter: FilterConfig = FilterConfig()
     rank: RankConfig = RankConfig()
+    surrogate: SurrogateSection | None = None
+    verify: VerifySection | None = None
     tracking: TrackingConfig = TrackingConfig()
     output: OutputConfig = OutputConfig()
 
     @model_validator(mode="after")
     def _properties_known(self) -> RunConfig:
         props = set(self.data.properties)
-        for where, keys in (
-            ("generate.target", (self.generate.target or {}).keys()),
-            ("rank.property_weights", self.rank.property_weights.keys()),
-            ("rank.property_goals", self.rank.property_goals.keys()),
+        rankable = props | ({self.surrogate.column} if self.surrogate else set())
+        for where, keys, known in (
+            ("generate.target", (self.generate.target or {}).keys(), props),
+            ("rank.property_weights", self.rank.property_weights.keys(), rankable),
+            ("rank.property_goals", self.rank.property_goals.keys(), rankable),
         ):
-            unknown = sorted(set(keys) - props)
+            unknown = sorted(set(keys) - known)
             if unknown:
                 raise ValueError(
                     f"{where} names {unknown}, which the model does not predict; "
-                    f"use one of data.properties={sorted(props)} or add it there"
+                    f"use one of {sorted(known)} (data.properties, or sur_<target> with a surrogate section)"
                 )
+        if self.verify is not None and self.surrogate is None:
+            raise ValueError("a verify section needs a surrogate section (the model that ranks what is verified)")
+        if self.generate.prior_focus is not None and not self.generate.target:
+            raise ValueError("generate.prior_focus needs generate.target (the property values to focus on)")
         for prop, goal in self.rank.property_goals.items():
             if goal == "target" and prop not in (self.generate.target or {}):
                 raise ValueError(

@@ -1,5 +1,10 @@
 """Prefect flow ``discover``: reuse or train a generator, then rounds of generate -> filter -> rank.
 
+A config with ``surrogate`` and ``verify`` sections makes it a closed loop (``flows/closed_loop.py``):
+the property models are prepared first, and every round also scores its candidates with the
+surrogate, verifies the best with the oracle and CHGNet and fine-tunes the surrogate; the end ranks
+with the last surrogate and measures enrichment.
+
 Everything is recorded in one MLflow run: the resolved config as params, the generator's
 per-epoch losses and monitors (``train/*``), per-round metrics, the ranked candidates as a table
 and CSV, the top candidates' structure files, and the generator as a registered model with an
@@ -20,12 +25,14 @@ from flows.train import train_generator
 
 
 @task(name="generate-round", retries=1, retry_delay_seconds=2)
-def generate_round_task(checkpoint: str, config_data: dict, k: int, out_dir: str) -> str:
+def generate_round_task(checkpoint: str, config_data: dict, k: int, out_dir: str, feedback: list[str] | None = None) -> str:
     from design.api import Generator
     from design.generation.loop import generate_round
 
     config = config_from_dict(config_data)
-    return str(generate_round(Generator.from_checkpoint(checkpoint), config, k, Path(out_dir)))
+    generator = Generator.from_checkpoint(checkpoint)
+    objs = [generator.domain.deserialize(t) for t in feedback or []]
+    return str(generate_round(generator, config, k, Path(out_dir), feedback=objs))
 
 
 @task(name="filter-round", retries=1, retry_delay_seconds=2)
@@ -81,6 +88,7 @@ def discover(config: dict, out_dir: str | None = None) -> dict:
     """Run a discovery campaign for ``config`` (a validated RunConfig as a dict); return a summary."""
     import mlflow
 
+    from design.generation.loop import round_dir
     from design.generation.tables import read_table
     from design.tracking import store
 
@@ -93,6 +101,12 @@ def discover(config: dict, out_dir: str | None = None) -> dict:
     atomic_write_text(out / "config.json", cfg.model_dump_json(indent=2))
     t0 = time.time()
 
+    closed = cfg.verify is not None
+    if closed:
+        from flows import closed_loop as cl
+
+        models = cl.prepare_task(cfg_data, str(out))
+        surrogate = models["surrogate"]
     checkpoint = train_generator(cfg_data)
 
     experiment_id = store.setup(cfg.tracking.uri, cfg.tracking.experiment)
@@ -107,15 +121,32 @@ def discover(config: dict, out_dir: str | None = None) -> dict:
         rounds = []
         for k in range(cfg.generate.rounds):
             metrics = _finished_round(out, k)
-            if metrics is not None:
+            verified = cl.finished_round(out, k) if closed and metrics is not None else None
+            if metrics is not None and (not closed or verified is not None):
                 logger.info("round %d already finished in %s; reusing it", k, out)
             else:
-                generate_round_task(checkpoint, cfg_data, k, str(out))
-                metrics = filter_round_task(cfg_data, k, str(out))
+                if metrics is None:
+                    feedback = cl.feedback_task(cfg_data, k, str(out), models["threshold"], models["cap"]) if closed else []
+                    generate_round_task(checkpoint, cfg_data, k, str(out), feedback)
+                    metrics = filter_round_task(cfg_data, k, str(out))
+                if closed:
+                    cl.score_task(cfg_data, k, str(out), surrogate)
+                    cl.verify_task(cfg_data, k, str(out), models["threshold"])
+                    cl.learn_task(cfg_data, k, str(out), surrogate, models["cap"])
+                    verified = cl.finished_round(out, k)
+            if closed:
+                surrogate = str(round_dir(out, k) / "surrogate.pt")
+                metrics = {**metrics, **verified}
             rounds.append({"round": k, **metrics})
             store.log_metrics_series([rounds[-1]], step_key="round", prefix="round/")
 
-        ranked_path = Path(rank_task(cfg_data, str(out)))
+        closing: dict = {}
+        if closed:
+            closing = cl.final_task(cfg_data, str(out), surrogate, models["threshold"])
+            store.log_closed_loop(out, closing)
+            ranked_path = out / "ranked.csv"
+        else:
+            ranked_path = Path(rank_task(cfg_data, str(out)))
         ranked = read_table(ranked_path)
         store.log_candidates(ranked, out, out / "top")
         version = store.register_generator(
@@ -137,6 +168,7 @@ def discover(config: dict, out_dir: str | None = None) -> dict:
             "rounds": rounds,
             "ranked": len(ranked),
             "wall_s": wall,
+            **({"closed_loop": closing} if closed else {}),
         }
         mlflow.log_metrics({"wall_s": wall, "ranked_candidates": len(ranked)})
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))

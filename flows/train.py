@@ -37,23 +37,25 @@ def cached_generator(config: RunConfig) -> Path | None:
 @task(name="featurise-training-data", retries=2, retry_delay_seconds=5)
 def featurise(config_data: dict) -> dict:
     """Resolve (download if needed) and featurise the training split; the features are cached on disk."""
+    from design.data import training_set
     from design.domains import build_domain
 
     config = config_from_dict(config_data)
     domain = build_domain(config)
-    ds = domain.load_dataset(config.data.train, list(config.data.properties), config.data.limit)
+    ds = training_set(domain, config)
     return {"rows": len(ds), "skipped": ds.skipped}
 
 
 @task(name="train-vaegan", retries=1, retry_delay_seconds=5)
 def train_vaegan(config_data: dict, workdir: str) -> str:
     """Train (or resume training) and return the checkpoint path. A retry resumes from ``last.pt``."""
+    from design.data import training_set
     from design.domains import build_domain
     from design.training.trainer import Trainer
 
     config = config_from_dict(config_data)
     domain = build_domain(config)
-    ds = domain.load_dataset(config.data.train, list(config.data.properties), config.data.limit)
+    ds = training_set(domain, config)
     result = Trainer(config, domain, ds, workdir).run()
     return str(result.checkpoint)
 

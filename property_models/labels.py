@@ -66,10 +66,15 @@ def _parse_cif(text: str) -> Structure | None:
         return None
 
 
+def mentions_element(cifs: pd.Series, element: str) -> pd.Series:
+    """[N] bool: whether each CIF text's ``_chemical_formula_sum`` names ``element`` (a fast pre-filter)."""
+    return cifs.astype(str).str.contains(_FORMULA_HAS.format(el=element), regex=True)
+
+
 def csv_entries(relpath: str, element: str = "Li", max_sites: int = 20) -> tuple[list[LabelEntry], dict]:
     """Structures of a CDVAE-format CSV that contain ``element`` and have at most ``max_sites`` sites."""
     df = pd.read_csv(resolve(relpath), usecols=["material_id", "cif"])
-    has = df["cif"].astype(str).str.contains(_FORMULA_HAS.format(el=element), regex=True)
+    has = mentions_element(df["cif"], element)
     skipped = {"unparsable": 0, "too_many_sites": 0, "without_element": int((~has).sum())}
     out = []
     for mid, cif in zip(df.loc[has, "material_id"], df.loc[has, "cif"], strict=True):

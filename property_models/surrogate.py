@@ -208,6 +208,42 @@ def _fit_member(cfg: SurrogateConfig, train: list[Data], val: list[Data], seed: 
     return model.eval(), {"best_epoch": best_epoch, "val_loss": best, "epochs_run": epoch + 1}
 
 
+def finetune_ensemble(ens: SurrogateEnsemble, graphs: list[Data], y: np.ndarray, epochs: int,
+                      lr_factor: float = 0.25, seed: int = 0) -> SurrogateEnsemble:
+    """A copy of ``ens`` whose members trained ``epochs`` more epochs on ``graphs`` with targets ``y``
+    [N, T] (physical units), at ``lr_factor`` times the original learning rate, keeping the target
+    scaling (so earlier and new predictions stay comparable). No early stopping: the new data is
+    small and every point of it is wanted."""
+    y = np.asarray(y, dtype=np.float32).reshape(len(graphs), -1)
+    if not np.isfinite(y).all():
+        raise ValueError("fine-tuning targets must be finite; cap or drop infinite barriers first")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs={epochs!r} must be an int >= 1")
+    cfg = ens.cfg
+    scaled = [g.clone() for g in graphs]
+    for g, row in zip(scaled, (torch.tensor(y) - ens.mean) / ens.std, strict=True):
+        g.y = row[None]
+    start = time.perf_counter()
+    members = []
+    for k, member in enumerate(ens.members):
+        model = copy.deepcopy(member).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr * lr_factor, weight_decay=cfg.weight_decay)
+        gen = torch.Generator().manual_seed(seed * 1000 + k)
+        loader = DataLoader(scaled, batch_size=cfg.batch_size, shuffle=True, generator=gen)
+        for _ in range(epochs):
+            for batch in loader:
+                batch = batch.to(ens.device)
+                loss = nn.functional.smooth_l1_loss(model(batch), batch.y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+                opt.step()
+        members.append(model.eval())
+    info = {**ens.info, "finetuned": [*ens.info.get("finetuned", []),
+                                      {"n": len(graphs), "epochs": epochs, "wall_s": time.perf_counter() - start}]}
+    return SurrogateEnsemble(cfg, members, ens.mean, ens.std, info)
+
+
 def train_ensemble(cfg: SurrogateConfig, graphs: list[Data], y: np.ndarray) -> SurrogateEnsemble:
     """Train ``cfg.members`` members on ``graphs`` with targets ``y`` [N, T] (physical units, finite)."""
     y = np.asarray(y, dtype=np.float32).reshape(len(graphs), -1)

@@ -40,11 +40,12 @@ def real_structures():
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """A generator trained for two epochs on 96 crystals (seconds)."""
+    from design.data import training_set
     from design.domains import build_domain
     from design.training.trainer import Trainer
 
     cfg = tiny_config()
     domain = build_domain(cfg)
-    ds = domain.load_dataset(cfg.data.train, list(cfg.data.properties), cfg.data.limit)
+    ds = training_set(domain, cfg)
     result = Trainer(cfg, domain, ds, tmp_path_factory.mktemp("tiny-gen")).run()
     return result.checkpoint

@@ -33,18 +33,47 @@ class DatasetFormatError(ValueError):
     """A dataset file whose columns do not match what was asked."""
 
 
-def read_table(path: Path, properties: list[str], limit: int | None) -> pd.DataFrame:
+def read_table(path: Path, properties: list[str], limit: int | None, property_table: Path | None = None) -> pd.DataFrame:
+    """The dataset rows with ``material_id``, ``cif`` and the property columns; properties missing
+    from the file are taken from ``property_table`` (joined on ``material_id``; NaN where it has no row)."""
     try:
         df = pd.read_csv(path, nrows=limit)
     except pd.errors.EmptyDataError:
         raise DatasetFormatError(f"dataset file {path} is empty; point data.train at a CDVAE-format CSV") from None
-    missing = [c for c in (*REQUIRED_COLUMNS, *properties) if c not in df.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if property_table is not None:
+        df = join_property_table(df, property_table, [p for p in properties if p not in df.columns])
+    missing += [c for c in properties if c not in df.columns]
     if missing:
         raise DatasetFormatError(
             f"dataset file {path} lacks columns {missing}; it has {list(df.columns)}. "
-            "Use a CDVAE-format CSV (material_id, cif, property columns) or fix data.properties"
+            "Use a CDVAE-format CSV (material_id, cif, property columns), fix data.properties "
+            "or name a data.property_table that has them"
         )
     return df
+
+
+def join_property_table(df: pd.DataFrame, table: Path, columns: list[str]) -> pd.DataFrame:
+    """``df`` with ``columns`` of the CSV ``table`` (keyed by ``material_id``) joined on; rows the
+    table lacks get NaN (and are later skipped as "property not finite")."""
+    try:
+        extra = pd.read_csv(table)
+    except pd.errors.EmptyDataError:
+        raise DatasetFormatError(f"property table {table} is empty; rebuild it") from None
+    absent = [c for c in ("material_id", *columns) if c not in extra.columns]
+    if absent:
+        raise DatasetFormatError(
+            f"property table {table} lacks columns {absent}; it has {list(extra.columns)}. "
+            "Fix data.properties or rebuild the table"
+        )
+    if extra["material_id"].duplicated().any():
+        dup = extra.loc[extra["material_id"].duplicated(), "material_id"].iloc[0]
+        raise DatasetFormatError(f"property table {table} has material_id {dup!r} more than once")
+    extra = extra[["material_id", *columns]].assign(material_id=lambda t: t["material_id"].astype(str))
+    if "material_id" not in df.columns:
+        return df
+    out = df.assign(material_id=df["material_id"].astype(str)).merge(extra, on="material_id", how="left")
+    return out
 
 
 def _parse_row(cif: object, props: list[float], max_sites: int, standardize: bool):
@@ -105,11 +134,27 @@ def featurize_table(
 
 
 def load_crystal_dataset(
-    relpath: str, properties: list[str], max_sites: int, limit: int | None = None, standardize: bool = True
+    relpath: str,
+    properties: list[str],
+    max_sites: int,
+    limit: int | None = None,
+    standardize: bool = True,
+    property_table: str | Path | None = None,
 ) -> EncodedDataset:
-    """Resolve, read and featurise a CDVAE-format CSV, using the feature cache when it matches."""
+    """Resolve, read and featurise a CDVAE-format CSV, using the feature cache when it matches.
+
+    ``property_table``: a CSV keyed by ``material_id`` that supplies the properties the dataset
+    file lacks (e.g. oracle labels, see :func:`join_property_table`)."""
     path = resolve(relpath)
     digest = sha256_of(path)[:16]
+    table = None
+    if property_table is not None:
+        table = Path(property_table).resolve()
+        if not table.is_file():
+            raise DatasetFormatError(
+                f"data.property_table {property_table} does not exist; build it first (see configs/electrolyte.yaml)"
+            )
+        digest += "_" + sha256_of(table)[:16]
     key = f"{'-'.join(properties)}_s{max_sites}_l{limit}_std{int(standardize)}_v{FEATURIZER_VERSION}_{digest}"
     cache = cache_dir() / "features" / relpath.replace("/", "__") / f"{key}.pt"
     if cache.is_file():
@@ -122,7 +167,7 @@ def load_crystal_dataset(
             return EncodedDataset(tensors, blob["y"], blob["ids"], blob["properties"], blob["skipped"])
         except Exception as err:  # a broken cache file is rebuilt, not fatal
             log.warning("feature cache %s unreadable (%s); rebuilding", cache, err)
-    df = read_table(path, properties, limit)
+    df = read_table(path, properties, limit, table)
     ds = featurize_table(df, properties, max_sites, standardize, source=relpath)
     if len(ds) == 0:
         raise DatasetFormatError(

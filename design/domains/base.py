@@ -79,7 +79,11 @@ class Domain(ABC):
 
     # -- data
     @abstractmethod
-    def load_dataset(self, relpath: str, properties: list[str], limit: int | None = None) -> EncodedDataset: ...
+    def load_dataset(
+        self, relpath: str, properties: list[str], limit: int | None = None, property_table: str | None = None
+    ) -> EncodedDataset:
+        """Rows of a dataset file with their ``properties``; ``property_table`` (a CSV keyed by the
+        dataset's id column) supplies properties the file lacks."""
 
     @abstractmethod
     def fit_state(self, train: EncodedDataset) -> dict:
@@ -143,6 +147,11 @@ class Domain(ABC):
 
     @abstractmethod
     def equivalent(self, a: Any, b: Any) -> bool: ...
+
+    def contains(self, obj: Any, part: str) -> bool:
+        """Whether ``obj`` has ``part`` (crystals: an element symbol) for ``filter.require_contains``.
+        Domains without such a notion keep this default, which refuses the request."""
+        raise ValueError(f"domain {self.name!r} cannot test for parts; leave filter.require_contains empty")
 
     @abstractmethod
     def monitor_keys(self, tensors: Any) -> list[str]:

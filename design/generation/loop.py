@@ -23,6 +23,7 @@ import pandas as pd
 
 from design.api import Generator
 from design.config import RunConfig
+from design.data import training_structures
 from design.domains.base import Domain
 from design.generation.filtering import FilterCounts, ReferenceIndex, annotate, select
 from design.generation.ranking import rank_table
@@ -40,11 +41,20 @@ def round_seed(config: RunConfig, k: int) -> int:
     return config.seed * 1000 + k
 
 
-def generate_round(generator: Generator, config: RunConfig, k: int, out_dir: Path) -> Path:
-    """Sample, decode and check ``generate.n_per_round`` candidates; write ``generated.csv.gz``."""
+def generate_round(generator: Generator, config: RunConfig, k: int, out_dir: Path, feedback: list | None = None) -> Path:
+    """Sample, decode and check ``generate.n_per_round`` candidates; write ``generated.csv.gz``.
+
+    With a target and ``generate.prior_focus``, latent samples come from the focused prior, whose
+    Gaussian also covers the encodings of the ``feedback`` objects (e.g. earlier rounds' verified hits)."""
     path = round_dir(out_dir, k) / "generated.csv.gz"
     t0 = time.time()
-    batch = generator.sample(config.generate.n_per_round, seed=round_seed(config, k), target=config.generate.target)
+    target, focus = config.generate.target, config.generate.prior_focus
+    if target and focus:
+        extra = generator.latent_means(feedback) if feedback else None
+        prior = generator.focused_prior(target, focus, extra)
+    else:
+        prior = generator.latent_prior
+    batch = generator.sample(config.generate.n_per_round, seed=round_seed(config, k), target=target, prior=prior)
     cands = generator.candidates(batch, id_prefix=f"r{k:02d}-")
     write_table(to_table(cands, generator.domain, round_index=k), path)
     log.info("round %d: generated %d candidates in %.1fs", k, len(cands), time.time() - t0)
@@ -53,8 +63,7 @@ def generate_round(generator: Generator, config: RunConfig, k: int, out_dir: Pat
 
 def reference_index(domain: Domain, config: RunConfig) -> ReferenceIndex:
     """The training structures, bucketed for novelty tests."""
-    train = domain.load_dataset(config.data.train, list(config.data.properties), config.data.limit)
-    return ReferenceIndex.build(domain, domain.decode(train.tensors))
+    return ReferenceIndex.build(domain, training_structures(domain, config))
 
 
 def seen_index(domain: Domain, out_dir: Path, before_round: int) -> ReferenceIndex:
@@ -85,12 +94,18 @@ def filter_round(domain: Domain, config: RunConfig, k: int, out_dir: Path, refer
     counts.valid_structural = int(table["structural_valid"].astype(bool).sum())
     counts.valid_compositional = int(table["compositional_valid"].astype(bool).sum())
     kept = select(cands, config.filter.require_valid, config.filter.require_unique, config.filter.require_novel)
+    parts = config.filter.require_contains
+    if parts:
+        with_parts = {c.id for c in cands if all(domain.contains(c.obj, p) for p in parts)}
+        kept = [c for c in kept if c.id in with_parts]
     kept_ids = {c.id for c in kept}
     flags = {c.id: (c.scores["unique"], c.scores["novel"]) for c in cands}
     table["unique"] = [bool(flags.get(i, (0.0, 0.0))[0]) for i in table["id"]]
     table["novel"] = [bool(flags.get(i, (0.0, 0.0))[1]) for i in table["id"]]
     write_table(table[table["id"].isin(kept_ids)], rdir / "accepted.csv.gz")
     metrics = _round_metrics(counts, table, len(kept))
+    if parts:  # read-back candidates (the valid ones, when validity is required) with every required part
+        metrics["with_required_parts"] = len(with_parts)
     atomic_write_text(rdir / "counts.json", json.dumps(metrics, indent=2))
     log.info("round %d: %s (filter %.1fs)", k, {k2: metrics[k2] for k2 in ("generated", "valid", "unique", "novel")},
              time.time() - t0)
@@ -120,17 +135,28 @@ def _round_metrics(counts: FilterCounts, table: pd.DataFrame, accepted: int) -> 
     return m
 
 
-def rank_campaign(domain: Domain, config: RunConfig, rounds: int, out_dir: Path) -> pd.DataFrame:
-    """Rank every accepted candidate of the campaign; write ``ranked.csv`` and ``top/<id>.cif``."""
-    out_dir = Path(out_dir)
+def accepted_table(out_dir: Path, rounds: int) -> pd.DataFrame:
+    """Every round's accepted candidates in one table (empty if none)."""
     tables = [read_table(p) for k in range(rounds) if (p := round_dir(out_dir, k) / "accepted.csv.gz").is_file()]
     tables = [t for t in tables if len(t)]
-    accepted = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-    if accepted.empty:
+    return pd.concat(tables, ignore_index=True).astype({"id": str}) if tables else pd.DataFrame()
+
+
+def rank_campaign(domain: Domain, config: RunConfig, rounds: int, out_dir: Path) -> pd.DataFrame:
+    """Rank every accepted candidate of the campaign; write ``ranked.csv`` and ``top/<id>.cif``."""
+    accepted = accepted_table(out_dir, rounds)
+    ranked = rank_table(accepted, config.rank, config.generate.target) if len(accepted) else accepted
+    return write_ranking(domain, config, ranked, out_dir)
+
+
+def write_ranking(domain: Domain, config: RunConfig, ranked: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
+    """Write a ranked table (best first, with its structure text) as ``ranked.csv`` without the text,
+    and the top ``rank.top_k`` structure files in ``top/``; return the table without the text."""
+    out_dir = Path(out_dir)
+    if ranked.empty:
         ranked = pd.DataFrame(columns=["rank", "id", "score"])
         write_table(ranked, out_dir / "ranked.csv")
         return ranked
-    ranked = rank_table(accepted, config.rank, config.generate.target)
     top = ranked.head(config.rank.top_k)
     top_dir = out_dir / "top"
     if top_dir.is_dir():  # a rerun must not leave files of an earlier ranking behind

@@ -1,9 +1,15 @@
-"""Rank candidates by a weighted sum of z-scored terms.
+"""Rank candidates by a weighted sum of z-scored terms, and mark their Pareto front.
 
-``score = w_realism * z(realism) - w_penalty * z(penalty) + sum_p w_p * goal_p(z(pred_p))``,
-where ``goal`` is +z for ``maximize``, -z for ``minimize``, and -|pred - target| / std for
+``score = w_realism * z(realism) - w_penalty * z(penalty) + sum_p w_p * goal_p(z(value_p))``,
+where ``goal`` is +z for ``maximize``, -z for ``minimize``, and -|value - target| / std for
 ``target``. z-scores are taken over the candidate set being ranked, so the weights say how much
 one standard deviation of each term is worth. A term with zero spread contributes nothing.
+
+A property key names the column ``pred_<key>`` (the discriminator's heads) or, when the table has
+it, the column ``<key>`` itself (e.g. a surrogate's ``sur_e_3d``). A column with an uncertainty
+``<column>_std`` is ranked on its pessimistic value: ``mean + u * std`` when minimised,
+``mean - u * std`` when maximised (``u`` = ``rank.uncertainty_weight``), so a confident
+prediction beats an equally good but uncertain one.
 """
 
 from __future__ import annotations
@@ -21,20 +27,55 @@ def _z(x: pd.Series) -> pd.Series:
     return (x - x.mean()) / sd
 
 
-def rank_table(table: pd.DataFrame, cfg: RankConfig, target: dict[str, float] | None = None) -> pd.DataFrame:
-    """Return ``table`` sorted best-first with ``score`` and ``rank`` (1 = best) columns added."""
+def property_column(table: pd.DataFrame, prop: str) -> str:
+    """The table column a rank key names: ``prop`` itself if present, else ``pred_<prop>``."""
+    col = prop if prop in table else f"pred_{prop}"
+    if col not in table:
+        raise ValueError(f"rank key {prop!r} has no column {prop!r} or {col!r} in the candidate table")
+    return col
+
+
+def pessimistic(table: pd.DataFrame, col: str, goal: str, weight: float) -> pd.Series:
+    """``col`` made worse by ``weight`` times its ``<col>_std`` (when the table has one)."""
+    std = f"{col}_std"
+    if std not in table or weight == 0:
+        return table[col]
+    sign = 1.0 if goal == "minimize" else -1.0
+    return table[col] + sign * weight * table[std]
+
+
+def pareto_front(table: pd.DataFrame, objectives: dict[str, str]) -> np.ndarray:
+    """[N] bool: rows no other row dominates (at least as good in every objective, better in one).
+
+    ``objectives`` maps a column to ``"minimize"`` or ``"maximize"``; NaN counts as worst."""
     if table.empty:
-        return table.assign(score=pd.Series(dtype=float), rank=pd.Series(dtype=int))
+        return np.zeros(0, dtype=bool)
+    cols = []
+    for col, goal in objectives.items():
+        v = table[col].to_numpy(dtype=float)
+        v = v if goal == "minimize" else -v
+        cols.append(np.where(np.isnan(v), np.inf, v))
+    x = np.stack(cols, axis=1)  # [N, K], lower is better
+    le = (x[None, :, :] <= x[:, None, :]).all(2)  # le[i, j]: row j at least as good as row i everywhere
+    lt = (x[None, :, :] < x[:, None, :]).any(2)
+    return ~(le & lt).any(1)
+
+
+def rank_table(table: pd.DataFrame, cfg: RankConfig, target: dict[str, float] | None = None) -> pd.DataFrame:
+    """Return ``table`` sorted best-first with ``score``, ``rank`` (1 = best) and ``pareto`` (on the
+    front of realism, penalty and the weighted properties' pessimistic values) columns added."""
+    if table.empty:
+        return table.assign(score=pd.Series(dtype=float), rank=pd.Series(dtype=int), pareto=pd.Series(dtype=bool))
     score = cfg.realism_weight * _z(table["realism"]) - cfg.penalty_weight * _z(table["penalty"])
+    objectives = pd.DataFrame({"realism": table["realism"], "penalty": table["penalty"]}, index=table.index)
+    goals = {"realism": "maximize", "penalty": "minimize"}
     for prop, weight in cfg.property_weights.items():
-        col = f"pred_{prop}"
-        if col not in table:
-            raise ValueError(f"rank.property_weights names {prop!r} but the table has no column {col!r}")
+        col = property_column(table, prop)
         goal = cfg.property_goals.get(prop, "maximize")
-        if goal == "maximize":
-            term = _z(table[col])
-        elif goal == "minimize":
-            term = -_z(table[col])
+        if goal in ("maximize", "minimize"):
+            value = pessimistic(table, col, goal, cfg.uncertainty_weight)
+            objectives[prop], goals[prop] = value, goal
+            term = _z(value) if goal == "maximize" else -_z(value)
         else:
             value = (target or {}).get(prop)
             if value is None:
@@ -42,6 +83,8 @@ def rank_table(table: pd.DataFrame, cfg: RankConfig, target: dict[str, float] | 
             dev = (table[col] - value).abs()
             sd = float(table[col].std(ddof=0)) or 1.0
             term = -dev / sd
+            objectives[prop], goals[prop] = dev, "minimize"
         score = score + weight * term
-    out = table.assign(score=score.round(6)).sort_values(["score", "id"], ascending=[False, True], kind="mergesort")
+    front = pareto_front(objectives, goals)
+    out = table.assign(score=score.round(6), pareto=front).sort_values(["score", "id"], ascending=[False, True], kind="mergesort")
     return out.assign(rank=np.arange(1, len(out) + 1)).reset_index(drop=True)

@@ -32,6 +32,21 @@ class GaussianPrior:
         cov = cov + jitter * torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
         return cls(mean.float(), torch.linalg.cholesky(cov).float())
 
+    @classmethod
+    def fit_shrunk(cls, mu: torch.Tensor, toward: GaussianPrior) -> GaussianPrior:
+        """Gaussian of a few latent means ``mu`` [n, Z] whose covariance is shrunk toward ``toward``'s
+        with weight ``Z / (n + Z)``: with n close to Z the sample covariance alone is near singular."""
+        mu = mu.detach().double()
+        n, dim = mu.shape
+        mean = mu.mean(0)
+        centred = mu - mean
+        local = centred.T @ centred / max(n - 1, 1)
+        wide = toward.scale_tril.double().to(mu.device)
+        lam = dim / (n + dim)
+        cov = (1 - lam) * local + lam * (wide @ wide.T)
+        cov = cov + 1e-6 * torch.eye(dim, dtype=cov.dtype, device=cov.device)
+        return cls(mean.float(), torch.linalg.cholesky(cov).float())
+
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         eps = torch.randn(n, self.mean.numel(), generator=generator, device=self.mean.device)
         return self.mean + eps @ self.scale_tril.T

@@ -108,6 +108,27 @@ def log_candidates(ranked: pd.DataFrame, out_dir: Path, top_dir: Path | None) ->
         mlflow.log_artifacts(str(top_dir), artifact_path="candidates/top")
 
 
+def log_closed_loop(out_dir: Path, result: dict) -> None:
+    """A closed loop's end: enrichment numbers as ``final/*`` metrics, its tables, the per-round
+    verified tables and the figures."""
+    import mlflow
+
+    flat = {}
+    for key, value in result.items():
+        if isinstance(value, dict):
+            flat.update({f"final/{key}_{k}": v for k, v in value.items()})
+        else:
+            flat[f"final/{key}"] = value
+    mlflow.log_metrics(finite_metrics(flat))
+    for name in ("enrichment.json", "enrichment_top.csv", "enrichment_baseline.csv", "stability_reference.json"):
+        if (out_dir / name).is_file():
+            mlflow.log_artifact(str(out_dir / name), artifact_path="closed_loop")
+    for path in sorted(out_dir.glob("round_*/verified.csv.gz")):
+        mlflow.log_artifact(str(path), artifact_path=f"closed_loop/{path.parent.name}")
+    if (out_dir / "plots").is_dir():
+        mlflow.log_artifacts(str(out_dir / "plots"), artifact_path="plots")
+
+
 def register_generator(checkpoint: Path, registered_name: str, alias: str, tags: dict[str, str] | None = None) -> str:
     """Log the generator as a models-from-code pyfunc in the active run, register it, set ``alias``.
 

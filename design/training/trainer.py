@@ -161,17 +161,21 @@ class Trainer:
         return z, c
 
     @torch.no_grad()
-    def fit_prior(self) -> GaussianPrior:
-        """Gaussian fitted to the posterior means of all training samples (see latent_prior.py)."""
+    def latent_means(self) -> torch.Tensor:
+        """[N, Z] posterior means of all training samples."""
         self.model.eval()
         try:
             mus = []
             for i in range(0, len(self.train_data), 1024):
                 idx = torch.arange(i, min(i + 1024, len(self.train_data)), device=self.device)
                 mus.append(self.model.encoder(self.tensors_all.subset(idx))[0])
-            return GaussianPrior.fit(torch.cat(mus))
+            return torch.cat(mus)
         finally:
             self.model.train()
+
+    def fit_prior(self) -> GaussianPrior:
+        """Gaussian fitted to the posterior means of all training samples (see latent_prior.py)."""
+        return GaussianPrior.fit(self.latent_means())
 
     def _sample(self, raw):
         return self.model.generator.head.sample(raw, tau=self.config.train.gumbel_tau)
@@ -415,6 +419,9 @@ class Trainer:
         wall = self.wall_before + time.time() - t0  # an interrupted run counts all its sessions
         final = self.payload(tc.epochs, history, True, with_optim=False)
         final["train_info"]["wall_s"] = wall
+        # posterior means and standardised properties of the training set: the generator API fits
+        # target-focused priors from them (``generate.prior_focus``)
+        final["latent_bank"] = {"mu": self.latent_means().cpu(), "y": self.ystd_all.cpu()}
         path = save_checkpoint(self.workdir / FINAL_NAME, final)
         (self.workdir / RESUME_NAME).unlink(missing_ok=True)
         return TrainResult(path, history, wall, start)

@@ -16,11 +16,12 @@ TESTS = Path(__file__).resolve().parents[1]
 WORKER = """
 import sys
 from testkit import tiny_config
+from design.data import training_set
 from design.domains import build_domain
 from design.training.trainer import Trainer
 cfg = tiny_config(train={"epochs": 8, "threads": 1})
 dom = build_domain(cfg)
-ds = dom.load_dataset(cfg.data.train, list(cfg.data.properties), cfg.data.limit)
+ds = training_set(dom, cfg)
 Trainer(cfg, dom, ds, sys.argv[1]).run()
 """
 

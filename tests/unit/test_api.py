@@ -145,3 +145,31 @@ def test_checkpoint_without_element_volumes_loads_and_keeps_generated_cells(tiny
     raw = g.sample(20, seed=2, score=False, constrained=False)
     con = g.sample(20, seed=2, score=False)
     assert torch.equal(raw.tensors.lattice, con.tensors.lattice)
+
+
+def test_focused_prior_centres_on_the_training_samples_nearest_the_target(gen):
+    bank = gen.latent_bank
+    assert bank is not None and bank["mu"].shape == (len(bank["y"]), gen.latent_dim)
+    j = gen.property_names.index("formation_energy_per_atom")
+    value = -3.0
+    prior = gen.focused_prior({"formation_energy_per_atom": value}, 5)
+    std_target = (value - gen.property_mean[j]) / gen.property_std[j]
+    nearest = torch.argsort((bank["y"][:, j] - std_target).abs())[:5]
+    assert torch.allclose(prior.mean, bank["mu"][nearest].mean(0), atol=1e-5)
+    extra = torch.full((3, gen.latent_dim), 7.0)
+    with_extra = gen.focused_prior({"formation_energy_per_atom": value}, 5, extra)
+    assert torch.allclose(with_extra.mean, torch.cat([bank["mu"][nearest], extra]).mean(0), atol=1e-5)
+    a = gen.sample(16, seed=2, target={"formation_energy_per_atom": value}, prior=prior)
+    b = gen.sample(16, seed=2, target={"formation_energy_per_atom": value})
+    assert not torch.equal(a.tensors.lattice, b.tensors.lattice)  # the prior was used
+    with pytest.raises(ValueError, match="k=1"):
+        gen.focused_prior({"formation_energy_per_atom": value}, 1)
+    with pytest.raises(ValueError, match="unknown target property"):
+        gen.focused_prior({"e_3d": 0.3}, 5)
+
+
+def test_latent_means_of_generated_structures(gen):
+    cands = gen.generate(4, seed=0)
+    mu = gen.latent_means([c.structure for c in cands])
+    assert mu.shape == (4, gen.latent_dim) and torch.isfinite(mu).all()
+    assert gen.latent_means([]).shape == (0, gen.latent_dim)

@@ -89,3 +89,14 @@ def test_same_generator_ignores_campaign_only_sections():
     assert not same_generator(stored, tiny_config(train={"epochs": 3}))
     assert not same_generator(stored, tiny_config(penalty={"distance_scale": 0.7}))
     assert not same_generator({"train": {"epochz": 1}}, base)  # a stored config that no longer validates
+
+
+def test_closed_loop_sections_checked():
+    with pytest.raises(ConfigError, match="verify section needs a surrogate"):
+        config_from_dict({"verify": {}})
+    with pytest.raises(ConfigError, match="prior_focus needs generate.target"):
+        config_from_dict({"generate": {"prior_focus": 8}})
+    with pytest.raises(ConfigError, match=r"rank.property_weights names \['sur_e_3d'\]"):
+        config_from_dict({"rank": {"property_weights": {"sur_e_3d": 1.0}}})
+    cfg = config_from_dict({"surrogate": {"target": "e_3d"}, "rank": {"property_weights": {"sur_e_3d": 1.0}}})
+    assert cfg.surrogate.column == "sur_e_3d"

@@ -108,3 +108,21 @@ def test_features_are_cached(tmp_path, monkeypatch):
     assert second.ids == first.ids
     assert (second.tensors.z == first.tensors.z).all()
     assert second.y.shape == (40, 2)
+
+
+def test_property_table_supplies_missing_properties(tmp_path, monkeypatch):
+    monkeypatch.setenv("INVDES_DATA_CACHE", str(tmp_path / "cache"))
+    df = pd.read_csv(resolve(TRAIN), nrows=12)
+    table = pd.DataFrame({"material_id": df["material_id"][:10], "e_3d": np.linspace(0.1, 1.0, 10)})
+    table.loc[3, "e_3d"] = float("inf")  # a bad label: that row is skipped, not fatal
+    path = tmp_path / "labels.csv"
+    table.to_csv(path, index=False)
+    ds = load_crystal_dataset(TRAIN, ["formation_energy_per_atom", "e_3d"], max_sites=20, limit=12, property_table=path)
+    assert ds.ids == [i for k, i in enumerate(df["material_id"][:10]) if k != 3]  # rows 10, 11 have no label
+    assert ds.skipped == {"property not finite": 3}
+    np.testing.assert_allclose(ds.y[:, 1].numpy(), np.delete(np.linspace(0.1, 1.0, 10), 3), rtol=1e-6)
+    table.drop(columns="e_3d").to_csv(path, index=False)
+    with pytest.raises(DatasetFormatError, match=r"property table .* lacks columns \['e_3d'\]"):
+        load_crystal_dataset(TRAIN, ["e_3d"], max_sites=20, limit=12, property_table=path)
+    with pytest.raises(DatasetFormatError, match="does not exist"):
+        load_crystal_dataset(TRAIN, ["e_3d"], max_sites=20, limit=12, property_table=tmp_path / "missing.csv")

@@ -88,3 +88,31 @@ def test_filter_round_survives_a_sample_with_no_atoms(tmp_path):
     accepted = pd.read_csv(round_dir(tmp_path, 0) / "accepted.csv.gz")
     assert accepted["id"].tolist() == ["r00-a"]
     assert json.loads((round_dir(tmp_path, 0) / "counts.json").read_text())["generated"] == 4
+
+
+def test_uncertain_predictions_rank_below_confident_ones_and_surrogate_columns_are_used():
+    table = pd.DataFrame({"id": ["a", "b", "c"], "realism": [0.5] * 3, "penalty": [0.0] * 3,
+                          "sur_e_3d": [0.3, 0.3, 0.6], "sur_e_3d_std": [0.5, 0.0, 0.0]})
+    cfg = RankConfig(property_weights={"sur_e_3d": 1.0}, property_goals={"sur_e_3d": "minimize"})
+    # pessimistic values: a 0.8, b 0.3, c 0.6
+    assert rank_table(table, cfg)["id"].tolist() == ["b", "c", "a"]
+    blind = RankConfig(property_weights={"sur_e_3d": 1.0}, property_goals={"sur_e_3d": "minimize"},
+                       uncertainty_weight=0.0)
+    assert rank_table(table, blind)["id"].tolist() == ["a", "b", "c"]  # tie a/b broken by id
+    with pytest.raises(ValueError, match="no column 'e_3d' or 'pred_e_3d'"):
+        rank_table(table, RankConfig(property_weights={"e_3d": 1.0}))
+
+
+def test_pareto_front_hand_computed():
+    from design.generation.ranking import pareto_front
+
+    t = pd.DataFrame({"x": [1.0, 2.0, 1.0, 3.0, float("nan")], "y": [3.0, 2.0, 3.0, 1.0, float("nan")]})
+    # minimise x, maximise y: (1,3) twice (ties dominate nothing), (2,2) and (3,1) are dominated
+    assert pareto_front(t, {"x": "minimize", "y": "maximize"}).tolist() == [True, False, True, False, False]
+    # minimise both: (1,3), (2,2), (3,1) are a trade-off front; NaN is worst in either sense
+    assert pareto_front(t, {"x": "minimize", "y": "minimize"}).tolist() == [True, True, True, True, False]
+
+
+def test_contains_filter_is_by_element():
+    dom = CrystalDomain()
+    assert dom.contains(rock_salt(cation="Li"), "Li") and not dom.contains(rock_salt(), "Li")

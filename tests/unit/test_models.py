@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from design.data import training_set
 from design.domains import build_domain
 from design.domains.crystal.tensors import CrystalBatch
 from design.models import build_model
@@ -15,7 +16,7 @@ from testkit import tiny_config
 def setup():
     cfg = tiny_config()
     dom = build_domain(cfg)
-    ds = dom.load_dataset(cfg.data.train, list(cfg.data.properties), cfg.data.limit)
+    ds = training_set(dom, cfg)
     torch.manual_seed(0)
     model = build_model(cfg, dom, dom.fit_state(ds)).eval()
     return cfg, dom, ds, model

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from design.data import training_set
 from design.domains import build_domain
 from design.training import trainer as trainer_mod
 from design.training.checkpoint import load_checkpoint
@@ -11,7 +12,7 @@ from testkit import tiny_config
 
 def _train(cfg, workdir):
     dom = build_domain(cfg)
-    ds = dom.load_dataset(cfg.data.train, list(cfg.data.properties), cfg.data.limit)
+    ds = training_set(dom, cfg)
     return Trainer(cfg, dom, ds, workdir).run()
 
 

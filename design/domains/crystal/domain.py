@@ -35,10 +35,12 @@ class CrystalDomain(Domain):
         self._matcher = None
 
     # -- data
-    def load_dataset(self, relpath: str, properties: list[str], limit: int | None = None) -> EncodedDataset:
+    def load_dataset(
+        self, relpath: str, properties: list[str], limit: int | None = None, property_table: str | None = None
+    ) -> EncodedDataset:
         from design.data.crystals import load_crystal_dataset
 
-        return load_crystal_dataset(relpath, list(properties), self.max_sites, limit)
+        return load_crystal_dataset(relpath, list(properties), self.max_sites, limit, property_table=property_table)
 
     def fit_state(self, train: EncodedDataset) -> dict:
         t: CrystalTensors = train.tensors
@@ -131,6 +133,10 @@ class CrystalDomain(Domain):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return bool(self._matcher.fit(a, b))
+
+    def contains(self, obj: Structure, part: str) -> bool:
+        """Whether the crystal contains the element ``part`` (a symbol such as ``Li``)."""
+        return part in {el.symbol for el in obj.composition.elements}
 
     def monitor_keys(self, t: CrystalTensors) -> list[str]:
         """Sorted element list plus lattice lengths rounded to 0.1 A: a cheap identity for collapse monitors."""

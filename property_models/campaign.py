@@ -1,0 +1,353 @@
+"""The closed loop's property-model steps, as plain functions over campaign files.
+
+A campaign whose config has ``surrogate`` and ``verify`` sections runs, per round ``k``, after the
+generic generate and filter steps (:mod:`design.generation.loop`):
+
+* :func:`score_round`: the current surrogate predicts ``sur_<target>`` and its ensemble spread
+  ``sur_<target>_std`` for the round's accepted candidates -> ``round_k/scored.csv.gz``;
+* :func:`verify_round`: the round's best ``verify.top_k`` (ranked by the ``rank`` section, with the
+  uncertainty penalty) get the BVSE oracle's barriers and CHGNet energies ->
+  ``round_k/verified.csv.gz``, plus the round's verification metrics in ``round_k/verify.json``;
+* :func:`learn_round`: the surrogate is fine-tuned on a replay sample of its labels plus every
+  result verified so far -> ``round_k/surrogate.pt`` (the next round scores with it).
+
+At the end :func:`final_ranking` rescores every accepted candidate with the last surrogate and ranks
+them (``ranked.csv``, verified columns joined where known), and :func:`enrichment` verifies the top
+``verify.final_top`` and ``verify.baseline`` random accepted ones and compares their hit rates.
+
+A *hit* is a verified value below the ``verify.hit_quantile`` quantile of the oracle values of the
+generator's Li-containing training structures (:func:`hit_threshold`). Barriers above the oracle's
+``encut`` (no percolating path, stored as ``inf``) are censored at ``encut``: the worst values.
+Every file is written atomically, so a round whose files exist is finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+
+from design.config import RunConfig
+from design.data.sources import cache_dir, resolve, sha256_of
+from design.generation.loop import accepted_table, round_dir
+from design.generation.ranking import rank_table
+from design.generation.tables import TEXT_COLUMN, read_table, write_table
+from design.utils import atomic_write_text
+from property_models.barriers import DEFAULT_CAP, load_labelled
+from property_models.bvse import BVSEOracle, BVSESettings
+from property_models.graphs import structure_graph
+from property_models.labels import mentions_element, provenance_path
+from property_models.surrogate import SurrogateConfig, SurrogateEnsemble, finetune_ensemble, train_ensemble
+
+log = logging.getLogger(__name__)
+
+REPLAY = 400  # labelled structures replayed beside the verified ones when fine-tuning
+VERIFIED_COLUMNS = ("id", "ver_e_1d", "ver_e_2d", "ver_e_3d", "oracle_ok", "oracle_failure", "chgnet_ok",
+                    "chgnet_energy_per_atom", "chgnet_excess", "chgnet_excess_percentile")
+
+
+# ---------------------------------------------------------------------------------- labels
+def oracle_cap(labels: str | Path) -> float:
+    """The oracle's ``encut`` (eV) recorded with the labels, else the default."""
+    prov = provenance_path(labels)
+    return float(json.loads(prov.read_text())["oracle"]["encut"]) if prov.is_file() else DEFAULT_CAP
+
+
+def electrolyte_property_table(train_relpath: str, labels: str | Path, out: str | Path, target: str = "e_3d",
+                               element: str = "Li") -> dict:
+    """Write the generator's property table for ``train_relpath``: ``material_id`` and ``target``.
+
+    A training crystal labelled by the oracle gets its value (censored at the cap); one without
+    ``element`` gets the cap (no mobile ion, no migration path); one with it whose labelling failed
+    gets no row (the data loader skips it). Returns counts."""
+    df = pd.read_csv(resolve(train_relpath), usecols=["material_id", "cif"])
+    has = mentions_element(df["cif"], element)
+    lab = pd.read_csv(labels)
+    lab = lab[(lab["source"] == train_relpath) & lab["ok"].astype(bool)]
+    cap = oracle_cap(labels)
+    values = dict(zip(lab["id"].astype(str), lab[target].astype(float).clip(upper=cap), strict=True))
+    ids = df["material_id"].astype(str)
+    rows = [(i, cap) for i, h in zip(ids, has, strict=True) if not h]
+    rows += [(i, values[i]) for i, h in zip(ids, has, strict=True) if h and i in values]
+    table = pd.DataFrame(rows, columns=["material_id", target])
+    write_table(table, out)
+    counts = {"rows": len(df), "without_element": int((~has).sum()), "labelled": len(values),
+              "unlabelled_with_element": int(has.sum()) - len(values), "cap": cap}
+    log.info("property table %s: %s", out, counts)
+    return counts
+
+
+def hit_threshold(labels: str | Path, train_relpath: str, target: str, quantile: float) -> float:
+    """The ``quantile`` of ``target`` over the oracle-labelled structures of the training split."""
+    lab = pd.read_csv(labels)
+    lab = lab[(lab["source"] == train_relpath) & lab["ok"].astype(bool)]
+    if lab.empty:
+        raise ValueError(f"{labels} has no labelled structures of {train_relpath}; run `invdes label bvse`")
+    values = lab[target].astype(float).clip(upper=oracle_cap(labels))
+    return float(np.quantile(values, quantile))
+
+
+# ---------------------------------------------------------------------------------- surrogate
+def surrogate_config(cfg: RunConfig) -> SurrogateConfig:
+    s = cfg.surrogate
+    return SurrogateConfig(targets=[s.target], members=s.members, epochs=s.epochs, hidden=s.hidden, layers=s.layers,
+                           seed=cfg.seed, device=cfg.train.device)
+
+
+def initial_surrogate(cfg: RunConfig, root: str | Path) -> Path:
+    """The campaign's starting surrogate, trained on every labelled structure; cached under ``root``
+    by a hash of the labels file and the surrogate settings."""
+    scfg = surrogate_config(cfg)
+    key = hashlib.sha256((sha256_of(Path(cfg.surrogate.labels)) + json.dumps(vars(scfg), sort_keys=True)).encode())
+    path = Path(root) / key.hexdigest()[:12] / "surrogate.pt"
+    if path.is_file():
+        log.info("reusing surrogate %s", path)
+        return path
+    df = load_labelled(cfg.surrogate.labels, scfg.targets, oracle_cap(cfg.surrogate.labels))
+    graphs = [structure_graph(s, scfg.cutoff) for s in df["structure"]]
+    ens = train_ensemble(scfg, graphs, df[scfg.targets].to_numpy(dtype=np.float32))
+    return ens.save(path)
+
+
+def predict(ens: SurrogateEnsemble, structures: list) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and spread [N] of the ensemble's first target for pymatgen structures."""
+    pred = ens.predict([structure_graph(s, ens.cfg.cutoff) for s in structures])
+    return pred.mean[:, 0], pred.std[:, 0]
+
+
+def _structures(table: pd.DataFrame) -> list:
+    from pymatgen.core import Structure
+
+    return [Structure.from_str(t, fmt="cif") for t in table[TEXT_COLUMN]]
+
+
+def score_round(cfg: RunConfig, k: int, out_dir: Path, surrogate: str | Path) -> Path:
+    """``round_k/scored.csv.gz``: the round's accepted candidates with the surrogate's columns."""
+    rdir = round_dir(out_dir, k)
+    table = read_table(rdir / "accepted.csv.gz")
+    col = cfg.surrogate.column
+    if len(table):
+        mean, std = predict(SurrogateEnsemble.load(surrogate, cfg.train.device), _structures(table))
+        table[col], table[f"{col}_std"] = mean, std
+    else:
+        table[col], table[f"{col}_std"] = [], []
+    return write_table(table, rdir / "scored.csv.gz")
+
+
+# ---------------------------------------------------------------------------------- verification
+class Verifier:
+    """BVSE barriers (cached on disk) and, optionally, CHGNet energies judged against the training
+    crystals (the reference is fitted once and kept in ``<campaign>/stability_reference.json``)."""
+
+    def __init__(self, cfg: RunConfig, out_dir: Path):
+        v = cfg.verify
+        self.cfg = cfg
+        self.oracle = BVSEOracle(cache_dir() / "bvse", BVSESettings(time_limit_s=v.time_limit_s, resolution=v.resolution), workers=v.workers)
+        self.cap = self.oracle.settings.encut
+        self.out_dir = Path(out_dir)
+        self._chgnet = None
+        self._reference = None
+
+    def _energies(self):
+        if self._chgnet is None:
+            from property_models.stability import CHGNetEnergies
+
+            self._chgnet = CHGNetEnergies(relax_steps=self.cfg.verify.relax_steps)
+        return self._chgnet
+
+    def reference(self):
+        from property_models.stability import StabilityReference
+
+        if self._reference is not None:
+            return self._reference
+        path = self.out_dir / "stability_reference.json"
+        if path.is_file():
+            blob = json.loads(path.read_text())
+            self._reference = StabilityReference(blob["mu"], np.array(blob["excess_sorted"]))
+            return self._reference
+        from design.data import training_structures
+        from design.domains import build_domain
+
+        structures = training_structures(build_domain(self.cfg), self.cfg)
+        rng = np.random.default_rng(self.cfg.seed)
+        pick = rng.choice(len(structures), size=min(self.cfg.verify.reference_size, len(structures)), replace=False)
+        sample = [structures[i] for i in sorted(pick)]
+        t0 = time.perf_counter()
+        energies = [r.final_energy_per_atom if r.ok else math.nan for r in self._energies()(sample)]
+        self._reference = StabilityReference.fit(sample, energies)
+        atomic_write_text(path, json.dumps({"mu": self._reference.mu,
+                                            "excess_sorted": self._reference.excess_sorted.tolist(),
+                                            "n": len(sample), "seconds": time.perf_counter() - t0}))
+        log.info("CHGNet stability reference from %d training crystals (%.0f s)", len(sample), time.perf_counter() - t0)
+        return self._reference
+
+    def __call__(self, ids: list[str], structures: list, label: str = "verify") -> pd.DataFrame:
+        """One row per structure with the columns :data:`VERIFIED_COLUMNS`."""
+        res = self.oracle.evaluate(structures, label=f"BVSE {label}", every=max(len(structures), 1))
+        out = pd.DataFrame({
+            "id": ids,
+            "ver_e_1d": [r.e_1d for r in res], "ver_e_2d": [r.e_2d for r in res], "ver_e_3d": [r.e_3d for r in res],
+            "oracle_ok": [r.ok for r in res], "oracle_failure": [r.failure or "" for r in res],
+        })
+        if self.cfg.verify.chgnet and structures:
+            energies = self._energies()(structures)
+            e = np.array([r.final_energy_per_atom if r.ok else math.nan for r in energies])
+            ref = self.reference()
+            excess = ref.excess(structures, e)
+            out["chgnet_ok"] = [r.ok for r in energies]
+            out["chgnet_energy_per_atom"], out["chgnet_excess"] = e, excess
+            out["chgnet_excess_percentile"] = ref.percentile(excess)
+        else:
+            for c in VERIFIED_COLUMNS[6:]:
+                out[c] = np.nan if c != "chgnet_ok" else False
+        return out[list(VERIFIED_COLUMNS)]
+
+    def censored(self, values: pd.Series) -> np.ndarray:
+        """Oracle values with ``inf`` (no path below encut) censored at the cap; NaN for failures."""
+        return values.astype(float).clip(upper=self.cap).to_numpy()
+
+
+def verify_round(cfg: RunConfig, k: int, out_dir: Path, verifier: Verifier, threshold: float) -> dict:
+    """Verify the round's best ``verify.top_k`` scored candidates; write ``verified.csv.gz`` and
+    ``verify.json`` (the round's verification metrics, see :func:`verification_metrics`)."""
+    rdir = round_dir(out_dir, k)
+    scored = read_table(rdir / "scored.csv.gz")
+    top = rank_table(scored, cfg.rank, cfg.generate.target).head(cfg.verify.top_k)
+    ver = verifier(top["id"].astype(str).tolist(), _structures(top), label=f"round {k}")
+    col = cfg.surrogate.column
+    ver = ver.merge(top[["id", col, f"{col}_std", "formula"]].astype({"id": str}), on="id", how="left")
+    write_table(ver, rdir / "verified.csv.gz")
+    metrics = verification_metrics(ver, verifier.censored(ver[f"ver_{cfg.surrogate.target}"]), col, threshold)
+    atomic_write_text(rdir / "verify.json", json.dumps(metrics, indent=2))
+    return metrics
+
+
+def verification_metrics(ver: pd.DataFrame, truth: np.ndarray, col: str, threshold: float) -> dict:
+    """Hit rate (failures count as misses), best value, and the surrogate's error on the verified set
+    (its predictions were made before the oracle ran)."""
+    ok = ~np.isnan(truth)
+    pred = ver[col].to_numpy(dtype=float)
+    out = {
+        "verified": len(ver),
+        "oracle_ok": int(ok.sum()),
+        "hits": int((truth[ok] < threshold).sum()),
+        "hit_rate": float((truth[ok] < threshold).sum() / max(len(ver), 1)),
+        "best_verified": float(truth[ok].min()) if ok.any() else math.nan,
+        "surrogate_mae": float(np.abs(pred[ok] - truth[ok]).mean()) if ok.any() else math.nan,
+        "surrogate_spearman": _spearman(pred[ok], truth[ok]),
+        "threshold": threshold,
+    }
+    pct = ver["chgnet_excess_percentile"].to_numpy(dtype=float)
+    out["median_excess_percentile"] = float(np.nanmedian(pct)) if np.isfinite(pct).any() else math.nan
+    return out
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    if len(a) < 3 or np.all(a == a[0]) or np.all(b == b[0]):
+        return math.nan
+    return float(spearmanr(a, b).statistic)
+
+
+def verified_so_far(out_dir: Path, through: int) -> pd.DataFrame:
+    """Every round's verified rows up to round ``through`` (inclusive), with their CIF text."""
+    parts = []
+    for k in range(through + 1):
+        rdir = round_dir(out_dir, k)
+        if (rdir / "verified.csv.gz").is_file():
+            ver = read_table(rdir / "verified.csv.gz").astype({"id": str})
+            acc = read_table(rdir / "accepted.csv.gz").astype({"id": str})[["id", TEXT_COLUMN]]
+            parts.append(ver.merge(acc, on="id", how="left"))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[*VERIFIED_COLUMNS, TEXT_COLUMN])
+
+
+def learn_round(cfg: RunConfig, k: int, out_dir: Path, surrogate: str | Path, cap: float) -> Path:
+    """Fine-tune ``surrogate`` on every result verified through round ``k`` plus a replay sample of
+    its labels; write ``round_k/surrogate.pt``."""
+    scfg = surrogate_config(cfg)
+    ens = SurrogateEnsemble.load(surrogate, cfg.train.device)
+    ver = verified_so_far(out_dir, k)
+    ver = ver[ver["oracle_ok"].astype(bool)]
+    labels = load_labelled(cfg.surrogate.labels, scfg.targets, cap)
+    rng = np.random.default_rng(cfg.seed * 7 + k)
+    replay = labels.iloc[rng.choice(len(labels), size=min(REPLAY, len(labels)), replace=False)]
+    structures = [*replay["structure"], *_structures(ver)]
+    y = np.concatenate([replay[cfg.surrogate.target].to_numpy(dtype=float),
+                        ver[f"ver_{cfg.surrogate.target}"].astype(float).clip(upper=cap).to_numpy()])
+    graphs = [structure_graph(s, scfg.cutoff) for s in structures]
+    tuned = finetune_ensemble(ens, graphs, y[:, None], cfg.surrogate.finetune_epochs, seed=cfg.seed + k)
+    return tuned.save(round_dir(out_dir, k) / "surrogate.pt")
+
+
+# ---------------------------------------------------------------------------------- the end
+def final_ranking(cfg: RunConfig, rounds: int, out_dir: Path, surrogate: str | Path) -> pd.DataFrame:
+    """Every accepted candidate rescored with the last surrogate and ranked; verified columns joined
+    where a round verified it. Returns the ranked table with its structure text."""
+    accepted = accepted_table(out_dir, rounds)
+    if accepted.empty:
+        return accepted
+    col = cfg.surrogate.column
+    mean, std = predict(SurrogateEnsemble.load(surrogate, cfg.train.device), _structures(accepted))
+    accepted[col], accepted[f"{col}_std"] = mean, std
+    ranked = rank_table(accepted, cfg.rank, cfg.generate.target)
+    ver = verified_so_far(out_dir, rounds - 1)
+    ranked["verified_in_round"] = ranked["id"].map(_round_of(out_dir, rounds))
+    keep = [c for c in VERIFIED_COLUMNS if c != "id"]
+    return ranked.merge(ver[["id", *keep]], on="id", how="left") if len(ver) else ranked
+
+
+def _round_of(out_dir: Path, rounds: int) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for k in range(rounds):
+        path = round_dir(out_dir, k) / "verified.csv.gz"
+        if path.is_file():
+            out.update({str(i): k for i in read_table(path)["id"]})
+    return out
+
+
+def enrichment(cfg: RunConfig, ranked: pd.DataFrame, out_dir: Path, verifier: Verifier, threshold: float) -> dict:
+    """Verify the top ``verify.final_top`` of the final ranking and ``verify.baseline`` random accepted
+    candidates (seeded); return hit fractions and the tables (``enrichment_top.csv``,
+    ``enrichment_baseline.csv``). ``top_fresh`` counts only candidates no round verified (the surrogate
+    never saw their oracle values)."""
+    v = cfg.verify
+    top = ranked.head(v.final_top)
+    rng = np.random.default_rng(cfg.seed + 99)
+    base = ranked.iloc[np.sort(rng.choice(len(ranked), size=min(v.baseline, len(ranked)), replace=False))]
+    result: dict = {"threshold": threshold, "hit_quantile": v.hit_quantile}
+    for name, part in (("top", top), ("baseline", base)):
+        ver = verifier(part["id"].tolist(), _structures(part), label=f"enrichment {name}")
+        truth = verifier.censored(ver[f"ver_{cfg.surrogate.target}"])
+        hits = np.nan_to_num(truth, nan=np.inf) < threshold
+        table = part.drop(columns=[c for c in (*VERIFIED_COLUMNS[1:], TEXT_COLUMN) if c in part]).merge(ver, on="id")
+        write_table(table, Path(out_dir) / f"enrichment_{name}.csv")
+        result[name] = {"n": len(part), "oracle_ok": int(ver["oracle_ok"].sum()), "hits": int(hits.sum()),
+                        "hit_fraction": float(hits.mean()) if len(part) else math.nan,
+                        "median_verified": float(np.nanmedian(truth)) if np.isfinite(truth).any() else math.nan}
+        if name == "top":
+            fresh = part["verified_in_round"].isna().to_numpy() if "verified_in_round" in part else np.ones(len(part), bool)
+            result["top_fresh"] = {"n": int(fresh.sum()), "hits": int(hits[fresh].sum()),
+                                   "hit_fraction": float(hits[fresh].mean()) if fresh.any() else math.nan}
+    base_rate = result["baseline"]["hit_fraction"]
+    result["enrichment_vs_quantile"] = result["top"]["hit_fraction"] / v.hit_quantile
+    top_rate = result["top"]["hit_fraction"]
+    result["enrichment_vs_baseline"] = top_rate / base_rate if base_rate else (math.inf if top_rate else math.nan)
+    atomic_write_text(Path(out_dir) / "enrichment.json", json.dumps(result, indent=2))
+    return result
+
+
+def verified_hits(cfg: RunConfig, out_dir: Path, before_round: int, threshold: float, cap: float) -> list:
+    """Structures verified as hits in the rounds before ``before_round`` (the generator's feedback)."""
+    if before_round <= 0:
+        return []
+    ver = verified_so_far(out_dir, before_round - 1)
+    if ver.empty:
+        return []
+    truth = ver[f"ver_{cfg.surrogate.target}"].astype(float).clip(upper=cap)
+    return _structures(ver[ver["oracle_ok"].astype(bool) & (truth < threshold)])
