@@ -211,6 +211,8 @@ class SurrogateSection(_Section):
     labels: str = Field("data/labels/bvse_li.csv.gz", description="oracle labels table (`invdes label bvse`); "
                         "made by the campaign when missing")
     target: str = Field("e_3d", description="label column to predict, eV")
+    start: str | None = Field(None, description="an ensemble from `invdes surrogate` to start from (e.g. the "
+                              "held-out-evaluated one); null trains one on all labels (cached)")
     members: int = Field(5, ge=1)
     epochs: int = Field(150, ge=1, description="epochs of the initial training on all labels")
     finetune_epochs: int = Field(30, ge=1, description="epochs of fine-tuning after each round's verification")

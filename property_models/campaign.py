@@ -102,9 +102,16 @@ def surrogate_config(cfg: RunConfig) -> SurrogateConfig:
 
 
 def initial_surrogate(cfg: RunConfig, root: str | Path) -> Path:
-    """The campaign's starting surrogate, trained on every labelled structure; cached under ``root``
-    by a hash of the labels file and the surrogate settings."""
+    """The campaign's starting surrogate: ``surrogate.start`` when set (its target must match), else
+    one trained on every labelled structure, cached under ``root`` by a hash of the labels file and
+    the surrogate settings."""
     scfg = surrogate_config(cfg)
+    if cfg.surrogate.start:
+        ens = SurrogateEnsemble.load(cfg.surrogate.start)
+        if ens.cfg.targets[:1] != scfg.targets:
+            raise ValueError(f"surrogate.start {cfg.surrogate.start} predicts {ens.cfg.targets}, not "
+                             f"{scfg.targets}; train one with `invdes surrogate --target {cfg.surrogate.target}`")
+        return Path(cfg.surrogate.start)
     key = hashlib.sha256((sha256_of(Path(cfg.surrogate.labels)) + json.dumps(vars(scfg), sort_keys=True)).encode())
     path = Path(root) / key.hexdigest()[:12] / "surrogate.pt"
     if path.is_file():
