@@ -8,6 +8,7 @@
     invdes ablate --spec configs/ablations/crystal.yaml --out runs/ablation
     invdes label bvse --out data/labels/bvse_li.csv.gz [--workers 2] [--time-limit 60]
     invdes surrogate --labels data/labels/bvse_li.csv.gz --out runs/surrogate/bvse.pt --json metrics.json
+    invdes conductivity --folds 5 [--group-by family] --json obelix_cv.json
 """
 
 from __future__ import annotations
@@ -157,6 +158,18 @@ def cmd_surrogate(args) -> int:
     return 0
 
 
+def cmd_conductivity(args) -> int:
+    from property_models.conductivity import cross_validate, load_obelix
+
+    result = cross_validate(load_obelix(), args.folds, args.seed, args.trees, args.group_by)
+    text = json.dumps(result, indent=2, default=str)
+    print(text)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="invdes", description="Adversarial inverse design of crystals.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -225,6 +238,15 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--seed", type=int, default=0)
     sg.add_argument("--test-fraction", type=float, default=0.2, help="formulas held out for the metrics")
     sg.set_defaults(func=cmd_surrogate)
+
+    cd = sub.add_parser("conductivity", help="OBELiX measured log10 conductivity from composition: grouped K-fold CV")
+    cd.add_argument("--folds", type=int, default=5)
+    cd.add_argument("--group-by", choices=["composition", "family"], default="composition",
+                    help="what a fold holds out whole (default: reduced composition)")
+    cd.add_argument("--trees", type=int, default=300)
+    cd.add_argument("--seed", type=int, default=0)
+    cd.add_argument("--json", help="write the metrics here too")
+    cd.set_defaults(func=cmd_conductivity)
     return p
 
 

@@ -61,11 +61,17 @@ def structure_fingerprint(structure: Structure) -> np.ndarray:
 
 
 def composition_fingerprint(structure: Structure) -> np.ndarray:
-    """[132] Magpie element-property statistics of the composition (unscaled)."""
+    """[132] Magpie element-property statistics of the structure's composition (unscaled)."""
+    return composition_features(structure.composition)
+
+
+def composition_features(composition) -> np.ndarray:
+    """[132] Magpie element-property statistics of a pymatgen ``Composition`` (fractional amounts,
+    so partially occupied compositions work too)."""
     _, comp_fp = _featurizers()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return np.asarray(comp_fp.featurize(structure.composition), dtype=np.float64)
+        return np.asarray(comp_fp.featurize(composition), dtype=np.float64)
 
 
 def _fingerprint_chunk(structures: list[Structure]) -> list[tuple[np.ndarray, np.ndarray]]:
