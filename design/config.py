@@ -239,6 +239,10 @@ class VerifySection(_Section):
     final_top: int = Field(50, ge=1, description="best candidates of the final ranking verified for the report")
     baseline: int = Field(50, ge=1, description="random accepted candidates verified as the baseline")
     feedback: bool = Field(True, description="verified hits join the latent prior of later rounds")
+    require_valences: bool = Field(
+        True, description="verify (and report) only candidates whose oxidation states bond valence can assign, "
+        "tested in rank order: the oracle cannot evaluate the others, and an ionic conductor needs them",
+    )
 
 
 class TrackingConfig(_Section):

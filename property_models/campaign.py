@@ -221,17 +221,51 @@ class Verifier:
         return values.astype(float).clip(upper=self.cap).to_numpy()
 
 
+def valences_assignable(structure) -> bool:
+    """Whether pymatgen's bond-valence analysis assigns oxidation states (what the oracle needs first)."""
+    import warnings
+
+    from pymatgen.analysis.bond_valence import BVAnalyzer
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            BVAnalyzer().get_valences(structure)
+        return True
+    except Exception:  # noqa: BLE001 - "Valences cannot be assigned!" and unknown elements alike
+        return False
+
+
+def eligible_head(cfg: RunConfig, table: pd.DataFrame, k: int) -> tuple[pd.DataFrame, dict]:
+    """The first ``k`` rows of ``table`` (in its order) that the oracle can evaluate, with the counts
+    of rows tested; all of the first ``k`` rows without ``verify.require_valences``."""
+    if not cfg.verify.require_valences:
+        return table.head(k), {"screened": min(k, len(table)), "eligible": min(k, len(table))}
+    keep, tested = [], 0
+    for pos, text in enumerate(table[TEXT_COLUMN]):
+        if len(keep) == k:
+            break
+        tested += 1
+        from pymatgen.core import Structure
+
+        if valences_assignable(Structure.from_str(text, fmt="cif")):
+            keep.append(pos)
+    return table.iloc[keep], {"screened": tested, "eligible": len(keep)}
+
+
 def verify_round(cfg: RunConfig, k: int, out_dir: Path, verifier: Verifier, threshold: float) -> dict:
-    """Verify the round's best ``verify.top_k`` scored candidates; write ``verified.csv.gz`` and
-    ``verify.json`` (the round's verification metrics, see :func:`verification_metrics`)."""
+    """Verify the round's best ``verify.top_k`` scored candidates (that the oracle can evaluate, see
+    :func:`eligible_head`); write ``verified.csv.gz`` and ``verify.json`` (the round's verification
+    metrics, see :func:`verification_metrics`, plus how many ranked candidates were screened)."""
     rdir = round_dir(out_dir, k)
     scored = read_table(rdir / "scored.csv.gz")
-    top = rank_table(scored, cfg.rank, cfg.generate.target).head(cfg.verify.top_k)
+    top, screen = eligible_head(cfg, rank_table(scored, cfg.rank, cfg.generate.target), cfg.verify.top_k)
     ver = verifier(top["id"].astype(str).tolist(), _structures(top), label=f"round {k}")
     col = cfg.surrogate.column
     ver = ver.merge(top[["id", col, f"{col}_std", "formula"]].astype({"id": str}), on="id", how="left")
     write_table(ver, rdir / "verified.csv.gz")
     metrics = verification_metrics(ver, verifier.censored(ver[f"ver_{cfg.surrogate.target}"]), col, threshold)
+    metrics.update(screen)
     atomic_write_text(rdir / "verify.json", json.dumps(metrics, indent=2))
     return metrics
 
@@ -319,16 +353,21 @@ def _round_of(out_dir: Path, rounds: int) -> dict[str, int]:
 
 
 def enrichment(cfg: RunConfig, ranked: pd.DataFrame, out_dir: Path, verifier: Verifier, threshold: float) -> dict:
-    """Verify the top ``verify.final_top`` of the final ranking and ``verify.baseline`` random accepted
-    candidates (seeded); return hit fractions and the tables (``enrichment_top.csv``,
-    ``enrichment_baseline.csv``). ``top_fresh`` counts only candidates no round verified (the surrogate
-    never saw their oracle values)."""
+    """Verify the top ``verify.final_top`` of the final ranking (that the oracle can evaluate, see
+    :func:`eligible_head`), ``verify.baseline`` random accepted candidates, and as many random accepted
+    candidates the oracle can evaluate (``baseline_eligible``), all seeded; return hit fractions and
+    write the tables (``enrichment_<name>.csv``). ``top_fresh`` counts only top candidates no round
+    verified (the surrogate never saw their oracle values)."""
     v = cfg.verify
-    top = ranked.head(v.final_top)
+    top, screen = eligible_head(cfg, ranked, v.final_top)
     rng = np.random.default_rng(cfg.seed + 99)
-    base = ranked.iloc[np.sort(rng.choice(len(ranked), size=min(v.baseline, len(ranked)), replace=False))]
-    result: dict = {"threshold": threshold, "hit_quantile": v.hit_quantile}
-    for name, part in (("top", top), ("baseline", base)):
+    shuffled = ranked.iloc[rng.permutation(len(ranked))]
+    base = shuffled.head(v.baseline)
+    base_eligible, base_screen = eligible_head(cfg, shuffled, v.baseline)
+    result: dict = {"threshold": threshold, "hit_quantile": v.hit_quantile, "top_screened": screen["screened"],
+                    "baseline_eligible_screened": base_screen["screened"]}
+    parts = [("top", top), ("baseline", base)] + ([("baseline_eligible", base_eligible)] if v.require_valences else [])
+    for name, part in parts:
         ver = verifier(part["id"].tolist(), _structures(part), label=f"enrichment {name}")
         truth = verifier.censored(ver[f"ver_{cfg.surrogate.target}"])
         hits = np.nan_to_num(truth, nan=np.inf) < threshold

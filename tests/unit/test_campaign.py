@@ -77,3 +77,24 @@ def test_finetuning_moves_predictions_toward_new_labels(real_structures):
     assert np.abs(ens.predict(graphs).mean - new).mean() == pytest.approx(before)
     with pytest.raises(ValueError, match="finite"):
         finetune_ensemble(ens, graphs, np.full_like(y, np.inf), epochs=1)
+
+
+def test_eligibility_screen_keeps_rank_order_and_skips_what_the_oracle_cannot_evaluate():
+    from pymatgen.core import Lattice, Structure
+    from pymatgen.util.testing import MatSciTest
+
+    from design.config import config_from_dict
+    from property_models.campaign import eligible_head, valences_assignable
+
+    li2o = MatSciTest.get_structure("Li2O")
+    li3mg = Structure(Lattice.cubic(4.2), ["Li", "Li", "Li", "Mg"],
+                      [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])  # intermetallic: no valences
+    assert valences_assignable(li2o) and not valences_assignable(li3mg)
+    table = pd.DataFrame({"id": ["a", "b", "c", "d"], "structure": [s.to(fmt="cif") for s in (li3mg, li2o, li3mg, li2o)]})
+    cfg = config_from_dict({"surrogate": {}, "verify": {}})
+    head, counts = eligible_head(cfg, table, 2)
+    assert head["id"].tolist() == ["b", "d"] and counts == {"screened": 4, "eligible": 2}
+    head, counts = eligible_head(cfg, table, 1)
+    assert head["id"].tolist() == ["b"] and counts == {"screened": 2, "eligible": 1}
+    off = config_from_dict({"surrogate": {}, "verify": {"require_valences": False}})
+    assert eligible_head(off, table, 2)[0]["id"].tolist() == ["a", "b"]
