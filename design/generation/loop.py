@@ -6,7 +6,9 @@ A campaign directory holds, per round ``k``:
 * ``round_k/accepted.csv.gz``: those passing the filters (valid, unique against all earlier
   rounds, novel against the training set), and ``round_k/counts.json``;
 
-and at the end ``ranked.csv`` (all accepted candidates, best first) plus ``top/<id>.cif`` files.
+and at the end ``ranked.csv`` (all accepted candidates, best first) plus the top candidates' files
+in ``top/`` (``<id>.cif`` for crystals; ``<id>.sdf``, ``molecules.smi`` and a ``top.png`` grid for
+molecules).
 Each file is written atomically, so a round whose files exist is finished and a rerun of the same
 campaign resumes after it.
 """
@@ -54,7 +56,7 @@ def generate_round(generator: Generator, config: RunConfig, k: int, out_dir: Pat
 def reference_index(domain: Domain, config: RunConfig) -> ReferenceIndex:
     """The training structures, bucketed for novelty tests."""
     train = domain.load_dataset(config.data.train, list(config.data.properties), config.data.limit)
-    return ReferenceIndex.build(domain, domain.decode(train.tensors))
+    return ReferenceIndex.build(domain, domain.reference_objects(train))
 
 
 def seen_index(domain: Domain, out_dir: Path, before_round: int) -> ReferenceIndex:
@@ -121,7 +123,7 @@ def _round_metrics(counts: FilterCounts, table: pd.DataFrame, accepted: int) -> 
 
 
 def rank_campaign(domain: Domain, config: RunConfig, rounds: int, out_dir: Path) -> pd.DataFrame:
-    """Rank every accepted candidate of the campaign; write ``ranked.csv`` and ``top/<id>.cif``."""
+    """Rank every accepted candidate of the campaign; write ``ranked.csv`` and the top files in ``top/``."""
     out_dir = Path(out_dir)
     tables = [read_table(p) for k in range(rounds) if (p := round_dir(out_dir, k) / "accepted.csv.gz").is_file()]
     tables = [t for t in tables if len(t)]
@@ -136,7 +138,9 @@ def rank_campaign(domain: Domain, config: RunConfig, rounds: int, out_dir: Path)
     if top_dir.is_dir():  # a rerun must not leave files of an earlier ranking behind
         for stale in top_dir.iterdir():
             stale.unlink()
-    domain.write(from_table(top, domain), top_dir)
+    top_cands = from_table(top, domain)
+    domain.write(top_cands, top_dir)
+    domain.picture(top_cands, top_dir / "top.png")  # a grid drawing, for domains that draw one
     ranked = ranked.drop(columns=[TEXT_COLUMN])
     cols = ["rank", "id", "score"] + [c for c in ranked.columns if c not in ("rank", "id", "score")]
     ranked = ranked[cols]
