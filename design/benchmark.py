@@ -180,8 +180,7 @@ def run_crystal_benchmark(
     one_shot = t["sample"] + t["decode"] + t["check"]
     out["sample_decode_check_per_s"] = n / one_shot
     out["generate_filter_rank_per_s"] = n / (one_shot + t["score"] + t["filter"] + t["rank"])
-    out["train_wall_min"] = train_wall_min(generator)
-    out.update({f"time_{k}_s": v for k, v in t.items()})
+    out.update(cost_entries(generator, t))
     out["info"] = {
         **run_info(generator, seed, temperature, ("torch", "pymatgen", "matminer", "smact")),
         "constrained_decoding": constrained,
@@ -196,10 +195,13 @@ def run_crystal_benchmark(
     return out
 
 
-def train_wall_min(generator: Generator) -> float:
-    """The generator's training wall time from its checkpoint, minutes (NaN when not recorded)."""
+def cost_entries(generator: Generator, times: dict[str, float]) -> dict[str, float]:
+    """``train_wall_min`` (the generator's training wall time from its checkpoint, NaN when not
+    recorded) and ``time_<step>_s`` for each timed benchmark step."""
     wall = generator.train_info.get("wall_s")
-    return float(wall) / 60 if wall is not None else float("nan")
+    out = {"train_wall_min": float(wall) / 60 if wall is not None else float("nan")}
+    out.update({f"time_{k}_s": v for k, v in times.items()})
+    return out
 
 
 def run_info(generator: Generator, seed: int, temperature: float | None, packages: tuple[str, ...]) -> dict[str, Any]:

@@ -34,7 +34,7 @@ import numpy as np
 from rdkit import Chem
 
 from design.api import Generator
-from design.benchmark import run_info, train_wall_min
+from design.benchmark import cost_entries, run_info
 from design.data.molecules import read_smiles_table
 from design.domains.base import Candidate
 from design.domains.molecule import chemistry
@@ -234,8 +234,7 @@ def run_molecule_benchmark(
     one_shot = t["sample"] + t["decode"] + t["validity"]
     out["sample_decode_valid_per_s"] = n_valid / one_shot
     out["generate_filter_rank_valid_per_s"] = n_valid / (one_shot + t["score"] + t["filter"] + t["rank"])
-    out["train_wall_min"] = train_wall_min(generator)
-    out.update({f"time_{k}_s": v for k, v in t.items()})
+    out.update(cost_entries(generator, t))
     out["info"] = {
         **run_info(generator, seed, temperature, ("torch", "rdkit", "selfies", "fcd")),
         "reference": reference,

@@ -26,12 +26,12 @@ def crystal_benchmark_task(model: str, n: int, seed: int, reference: str | None,
 
 
 @task(name="molecule-benchmark")
-def molecule_benchmark_task(model: str, n: int, seed: int, reference: str | None, sizes: dict,
+def molecule_benchmark_task(model: str, n: int, seed: int, reference: str | None, options: dict,
                             temperature: float | None) -> dict:
     from design.api import load_generator
     from design.benchmark_molecule import run_molecule_benchmark
 
-    return run_molecule_benchmark(load_generator(model), n, seed, reference, temperature=temperature, **sizes)
+    return run_molecule_benchmark(load_generator(model), n, seed, reference, temperature=temperature, **options)
 
 
 def _record(metrics: dict, table: str, params: dict, tracking_uri: str | None, experiment: str, model: str,
@@ -88,19 +88,20 @@ def molecule_benchmark(
     seed: int = 0,
     reference: str | None = None,
     json_out: str | None = None,
-    sizes: dict | None = None,
+    options: dict | None = None,
     temperature: float | None = None,
     tracking_uri: str | None = None,
     experiment: str = "molecule-benchmark",
 ) -> dict:
-    """MOSES benchmark of molecule generator ``model``; ``sizes`` holds the subset sizes of
-    :func:`design.benchmark_molecule.run_molecule_benchmark` (fcd_samples, ...)."""
+    """MOSES benchmark of molecule generator ``model``; ``options`` holds the keyword arguments of
+    :func:`design.benchmark_molecule.run_molecule_benchmark` (train, fcd_samples, ...)."""
     from design.benchmark_molecule import format_table, write_json
 
-    metrics = molecule_benchmark_task(model, n, seed, reference, dict(sizes or {}), temperature)
+    metrics = molecule_benchmark_task(model, n, seed, reference, dict(options or {}), temperature)
     if json_out:
         write_json(metrics, json_out)
     info = metrics["info"]
     params = {"model": model, "n": n, "seed": seed, "reference": info["reference"], "temperature": info["temperature"],
+              "novelty_against": info["novelty_against"],
               **{k: info[k] for k in ("fcd_samples", "fcd_reference", "snn_samples", "intdiv_samples")}}
     return _record(metrics, format_table(metrics), params, tracking_uri, experiment, model, json_out)

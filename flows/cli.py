@@ -131,19 +131,19 @@ def _bench_crystal(args) -> str:
 def _bench_molecule(args) -> str:
     from design.benchmark_molecule import format_table
 
-    sizes = {"fcd_samples": args.fcd_samples, "fcd_reference": args.fcd_reference,
-             "snn_samples": args.snn_samples, "intdiv_samples": args.intdiv_samples}
+    options = {"train": args.novelty_train, "fcd_samples": args.fcd_samples, "fcd_reference": args.fcd_reference,
+               "snn_samples": args.snn_samples, "intdiv_samples": args.intdiv_samples}
     if args.track:
         from flows.bench import molecule_benchmark
 
-        metrics = molecule_benchmark(args.model, args.n, args.seed, args.reference, args.json, sizes,
+        metrics = molecule_benchmark(args.model, args.n, args.seed, args.reference, args.json, options,
                                      args.temperature)
     else:
         from design.api import load_generator
         from design.benchmark_molecule import run_molecule_benchmark, write_json
 
         metrics = run_molecule_benchmark(load_generator(args.model), args.n, args.seed, args.reference,
-                                         temperature=args.temperature, **sizes)
+                                         temperature=args.temperature, **options)
         if args.json:
             write_json(metrics, args.json)
     return format_table(metrics)
@@ -223,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--temperature", type=float, help="sampling temperature (default: the generator's)")
     b.add_argument("--unconstrained", dest="constrained", action="store_const", const=False,
                    help="crystal: raw samples, switch off the generator's constrained decoding")
+    b.add_argument("--novelty-train", default="molecules/moses/train.csv.gz",
+                   help="molecule: the split novelty is judged against (default: the whole MOSES train)")
     b.add_argument("--fcd-samples", type=int, default=10_000, help="molecule: valid samples for FCD")
     b.add_argument("--fcd-reference", type=int, default=10_000, help="molecule: reference molecules for FCD")
     b.add_argument("--snn-samples", type=int, default=5_000, help="molecule: valid samples for SNN (all reference)")

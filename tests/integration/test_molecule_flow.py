@@ -86,7 +86,7 @@ def test_cli_bench_molecule_runs_the_flow_and_logs_to_mlflow(campaign, tmp_path,
     monkeypatch.setenv("MLFLOW_TRACKING_URI", campaign["uri"])
     out = tmp_path / "bench.json"
     rc = main(["bench", "molecule", "--model", "models:/molecule-generator@champion", "--n", "80",
-               "--reference", str(ref), "--fcd-samples", "50", "--fcd-reference", "80", "--snn-samples", "40",
+               "--reference", str(ref), "--novelty-train", str(ref), "--fcd-samples", "50", "--fcd-reference", "80", "--snn-samples", "40",
                "--intdiv-samples", "40", "--json", str(out)])
     assert rc == 0
     assert "FCD/Test" in capsys.readouterr().out
@@ -96,6 +96,7 @@ def test_cli_bench_molecule_runs_the_flow_and_logs_to_mlflow(campaign, tmp_path,
     assert len(runs) == 1
     logged = runs[0].data
     assert logged.params["n"] == "80" and logged.params["fcd_samples"] == "50"
+    assert logged.params["novelty_against"] == str(ref)
     for key in ("valid", "IntDiv", "FCD/Test", "sample_decode_valid_per_s"):
         assert logged.metrics[key] == pytest.approx(result[key]), key
     assert logged.metrics["unique_at_10k"] == pytest.approx(result["unique@10k"])
