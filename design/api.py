@@ -6,6 +6,10 @@
         atoms = cand.to_ase()          # ASE Atoms, ready for a calculator
         structure = cand.structure     # pymatgen Structure
 
+    m = load_generator("models:/molecule-generator@champion")
+    for cand in m.generate(100, seed=0, target={"logp": 2.5}):
+        cand.mol, cand.smiles          # RDKit Mol (sanitised when cand.check.structural), SMILES
+
 The same seed gives the same structures (on the same device and library versions).
 """
 
@@ -44,7 +48,25 @@ class CrystalCandidate(Candidate):
         return f"CrystalCandidate({self.id}, {self.obj.composition.reduced_formula}, {len(self.obj)} sites, {valid})"
 
 
-_CANDIDATE_TYPES = {"crystal": CrystalCandidate}
+class MoleculeCandidate(Candidate):
+    """A generated molecule: ``.mol`` (RDKit ``Mol``), ``.smiles``, scores and validity report."""
+
+    @property
+    def mol(self):
+        return self.obj
+
+    @property
+    def smiles(self) -> str:
+        from rdkit import Chem
+
+        return Chem.MolToSmiles(self.obj)
+
+    def __repr__(self) -> str:
+        valid = "valid" if self.valid else "invalid"
+        return f"MoleculeCandidate({self.id}, {self.smiles}, {valid})"
+
+
+_CANDIDATE_TYPES = {"crystal": CrystalCandidate, "molecule": MoleculeCandidate}
 
 
 @dataclass
@@ -297,8 +319,9 @@ def _check_count(n: Any) -> None:
 
 
 def _concat(parts: list) -> Any:
+    """Row-wise concatenation of tensor containers; non-tensor fields (a vocabulary) come from the first."""
     first = parts[0]
-    fields = {k: torch.cat([getattr(p, k) for p in parts]) for k in vars(first)}
+    fields = {k: torch.cat([getattr(p, k) for p in parts]) if torch.is_tensor(v) else v for k, v in vars(first).items()}
     return type(first)(**fields)
 
 

@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 FINGERPRINT_VERSION = 1
 
 # (metric, target, comparison, published CDVAE / DiffCSP on full MP-20) from the project's targets
-TARGETS: list[tuple[str, float, str, str]] = [
+TARGETS: list[tuple[str, float | None, str, str]] = [
     ("structural_validity", 0.995, ">=", "1.000 / 1.000"),
     ("compositional_validity", 0.85, ">=", "0.867 / 0.833"),
     ("cov_recall", 0.95, ">=", "0.992 / 0.997"),
@@ -180,13 +180,9 @@ def run_crystal_benchmark(
     one_shot = t["sample"] + t["decode"] + t["check"]
     out["sample_decode_check_per_s"] = n / one_shot
     out["generate_filter_rank_per_s"] = n / (one_shot + t["score"] + t["filter"] + t["rank"])
-    wall = generator.train_info.get("wall_s")
-    out["train_wall_min"] = float(wall) / 60 if wall is not None else float("nan")
-    out.update({f"time_{k}_s": v for k, v in t.items()})
+    out.update(cost_entries(generator, t))
     out["info"] = {
-        "model": generator.source,
-        "seed": seed,
-        "temperature": cfg.generate.temperature if temperature is None else temperature,
+        **run_info(generator, seed, temperature, ("torch", "pymatgen", "matminer", "smact")),
         "constrained_decoding": constrained,
         "reference": reference,
         "reference_size": len(ref_structures),
@@ -195,6 +191,27 @@ def run_crystal_benchmark(
         "training_size": len(train_structures),
         "w1_samples": len(w1_set),
         "cov_samples": len(cov_set),
+    }
+    return out
+
+
+def cost_entries(generator: Generator, times: dict[str, float]) -> dict[str, float]:
+    """``train_wall_min`` (the generator's training wall time from its checkpoint, NaN when not
+    recorded) and ``time_<step>_s`` for each timed benchmark step."""
+    wall = generator.train_info.get("wall_s")
+    out = {"train_wall_min": float(wall) / 60 if wall is not None else float("nan")}
+    out.update({f"time_{k}_s": v for k, v in times.items()})
+    return out
+
+
+def run_info(generator: Generator, seed: int, temperature: float | None, packages: tuple[str, ...]) -> dict[str, Any]:
+    """What a benchmark ran on: model, seed, temperature, training and sampling devices, CPU
+    threads, machine and package versions."""
+    cfg = generator.config
+    return {
+        "model": generator.source,
+        "seed": seed,
+        "temperature": cfg.generate.temperature if temperature is None else temperature,
         "train_epochs": cfg.train.epochs,
         "train_device": generator.train_info.get("device"),
         "sample_device": str(generator.device),
@@ -202,47 +219,53 @@ def run_crystal_benchmark(
         "torch_threads": torch.get_num_threads(),
         "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(),
-        "versions": {p: version(p) for p in ("torch", "pymatgen", "matminer", "smact")},
+        "versions": {p: version(p) for p in packages},
     }
-    return out
 
 
-def target_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per target: value, target, whether it is met."""
+def target_rows(metrics: dict[str, Any], targets: list[tuple[str, float | None, str, str]] = TARGETS) -> list[dict[str, Any]]:
+    """One row per target (default: the crystal targets): value, target, whether it is met."""
     rows = []
-    for name, target, op, published in TARGETS:
+    for name, target, op, published in targets:
         value = metrics.get(name)
         ok = None
-        if isinstance(value, (int, float)) and np.isfinite(value):
+        if target is not None and isinstance(value, (int, float)) and np.isfinite(value):
             ok = value >= target if op == ">=" else value <= target
-        rows.append({"metric": name, "value": value, "target": f"{op} {target:g}", "met": ok, "published": published})
+        shown = "-" if target is None else f"{op} {target:g}"  # None: a reported metric without a target
+        rows.append({"metric": name, "value": value, "target": shown, "met": ok, "published": published})
     return rows
 
 
-def format_table(metrics: dict[str, Any]) -> str:
-    """The benchmark as a plain-text table (targets first, then the other numbers)."""
-    lines = [f"{'metric':<28} {'value':>12} {'target':>10}  {'met':<4} CDVAE / DiffCSP (MP-20)"]
+def format_table(
+    metrics: dict[str, Any],
+    targets: list[tuple[str, float | None, str, str]] = TARGETS,
+    published: str = "CDVAE / DiffCSP (MP-20)",
+) -> str:
+    """The benchmark as a plain-text table (targets first, then the other numbers); ``targets``
+    and the ``published`` column title default to the crystal benchmark's."""
+    w = max([28] + [len(k) for k in metrics])  # name column: 28 wide unless a name is longer
+    lines = [f"{'metric':<{w}} {'value':>12} {'target':>10}  {'met':<4} {published}"]
     lines.append("-" * len(lines[0]))
     shown = set()
-    for row in target_rows(metrics):
+    for row in target_rows(metrics, targets):
         v = row["value"]
         value = f"{v:12.4f}" if isinstance(v, float) else f"{v!s:>12}"
         met = {True: "yes", False: "NO", None: "-"}[row["met"]]
-        lines.append(f"{row['metric']:<28} {value} {row['target']:>10}  {met:<4} {row['published']}")
+        lines.append(f"{row['metric']:<{w}} {value} {row['target']:>10}  {met:<4} {row['published']}")
         shown.add(row["metric"])
     lines.append("")
     for k, v in metrics.items():
         if k in shown or k == "info":
             continue
-        lines.append(f"{k:<28} {v:12.4f}" if isinstance(v, float) else f"{k:<28} {v!s:>12}")
+        lines.append(f"{k:<{w}} {v:12.4f}" if isinstance(v, float) else f"{k:<{w}} {v!s:>12}")
     return "\n".join(lines)
 
 
-def write_json(metrics: dict[str, Any], path: str | Path) -> Path:
+def write_json(metrics: dict[str, Any], path: str | Path, targets: list[tuple[str, float | None, str, str]] = TARGETS) -> Path:
     import json
 
     path = Path(path)
-    payload = {**metrics, "targets": target_rows(metrics)}
+    payload = {**metrics, "targets": target_rows(metrics, targets)}
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(payload, indent=2, default=str))
     return path

@@ -51,19 +51,20 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    """Sizes of the VAE-GAN networks."""
+    """Sizes of the VAE-GAN networks. The generic sizes serve every domain (crystals: sites;
+    molecules: tokens); ``max_elements``, ``heads``, ``disc_cutoff`` and ``rbf`` are crystal-only."""
 
     latent_dim: int = Field(64, ge=2)
-    max_elements: int = Field(4, ge=1, le=20, description="palette size: most distinct elements per crystal")
-    hidden: int = Field(256, ge=8, description="width of the latent/condition trunk")
-    site_dim: int = Field(128, ge=8, description="width of per-site features")
-    heads: int = Field(4, ge=1)
-    encoder_layers: int = Field(2, ge=1)
-    decoder_layers: int = Field(2, ge=1)
-    disc_dim: int = Field(64, ge=8, description="width of the discriminator's per-site features")
-    disc_layers: int = Field(3, ge=1)
-    disc_cutoff: float = Field(6.0, gt=0, description="radial cutoff of the discriminator, Angstrom")
-    rbf: int = Field(12, ge=2, description="radial basis functions per distance")
+    max_elements: int = Field(4, ge=1, le=20, description="crystals: palette size, most distinct elements per crystal")
+    hidden: int = Field(256, ge=8, description="width of the latent/condition trunk (molecules: also the GRU width)")
+    site_dim: int = Field(128, ge=8, description="width of per-site (crystal) or per-token embedding (molecule) features")
+    heads: int = Field(4, ge=1, description="crystals: attention heads")
+    encoder_layers: int = Field(2, ge=1, description="transformer (crystal) or GRU (molecule) layers of the encoder")
+    decoder_layers: int = Field(2, ge=1, description="transformer (crystal) or GRU (molecule) layers of the decoder")
+    disc_dim: int = Field(64, ge=8, description="width of the discriminator's per-site / per-token features")
+    disc_layers: int = Field(3, ge=1, description="graph-network (crystal) or convolution (molecule) layers of D")
+    disc_cutoff: float = Field(6.0, gt=0, description="crystals: radial cutoff of the discriminator, Angstrom")
+    rbf: int = Field(12, ge=2, description="crystals: radial basis functions per distance")
     spectral_norm: bool = True
 
     @model_validator(mode="after")
@@ -115,6 +116,10 @@ class TrainConfig(_Section):
     d_augment_permute: bool = Field(
         False, description="random site order of D's adversarial inputs (an identity for the order-invariant crystal D)"
     )
+    adv_samples: int | None = Field(
+        None, ge=2, description="generated samples per step for the adversarial game, conditioning and penalty "
+        "(default: the batch size); fewer make a step cheaper where sampling costs much (autoregressive decoders)",
+    )
     gumbel_tau: float = Field(1.0, gt=0)
     grad_clip: float = Field(5.0, gt=0)
     monitor_samples: int = Field(256, ge=8, description="fixed sample for per-epoch collapse monitors")
@@ -128,9 +133,18 @@ class TrainConfig(_Section):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all cores")
 
+    @model_validator(mode="after")
+    def _gradient_penalty_pairs(self) -> TrainConfig:
+        if self.gan_loss == "wgan_gp" and self.adv_samples is not None and self.adv_samples < self.batch_size:
+            raise ValueError(
+                f"train.adv_samples={self.adv_samples} < train.batch_size={self.batch_size} cannot pair real and "
+                "generated samples for the wgan_gp gradient penalty; remove adv_samples or pick another gan_loss"
+            )
+        return self
+
 
 class PenaltyConfig(_Section):
-    """Physics penalty: thresholds in physical units."""
+    """Crystal physics penalty: thresholds in physical units (molecules: see ``MoleculeConfig``)."""
 
     distance_scale: float = Field(0.6, gt=0, le=1.5, description="atoms closer than scale*(r_cov_i+r_cov_j) are penalised")
     density_min: float = Field(0.5, gt=0, description="g/cm^3")
@@ -152,6 +166,18 @@ class PenaltyConfig(_Section):
                 "the lower bound must be below the upper"
             )
         return self
+
+
+class MoleculeConfig(_Section):
+    """Molecule-domain settings: SELFIES length, training-subset choice, chemistry-penalty weights."""
+
+    max_tokens: int = Field(72, ge=4, le=512, description="longest SELFIES (tokens); longer molecules are skipped")
+    subsample: Literal["random", "first"] = Field(
+        "random", description="how data.limit picks rows: a seeded random subset (MOSES train is ordered) or the first N"
+    )
+    valence_weight: float = Field(1.0, ge=0, description="expected bond-order excess between adjacent atom tokens")
+    small_ring_weight: float = Field(1.0, ge=0, description="expected ring closures making 3- or 4-membered rings")
+    unwanted_weight: float = Field(1.0, ge=0, description="expected tokens of charged or disallowed atoms")
 
 
 class GenerateConfig(_Section):
@@ -261,7 +287,7 @@ class RunConfig(_Section):
     """A whole run: one YAML file."""
 
     name: str = "crystal"
-    domain: Literal["crystal"] = "crystal"
+    domain: Literal["crystal", "molecule"] = "crystal"
     seed: int = 0
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -274,6 +300,18 @@ class RunConfig(_Section):
     verify: VerifySection | None = None
     tracking: TrackingConfig = TrackingConfig()
     output: OutputConfig = OutputConfig()
+    molecule: MoleculeConfig | None = Field(None, description="molecule-domain settings (domain: molecule only)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _domain_sections(cls, data):
+        """A molecule run always has a ``molecule`` section (defaults filled in); a crystal run has none."""
+        if isinstance(data, dict):
+            if data.get("domain") == "molecule" and data.get("molecule") is None:
+                data = {**data, "molecule": {}}
+            elif data.get("domain", "crystal") == "crystal" and data.get("molecule") is not None:
+                raise ValueError("the molecule section applies to domain: molecule only; remove it or set domain: molecule")
+        return data
 
     @model_validator(mode="after")
     def _properties_known(self) -> RunConfig:
@@ -306,11 +344,17 @@ class RunConfig(_Section):
         the collapse-warning threshold do not change what is learnt and are left out."""
         d = self.model_dump(mode="json")
         part = {k: d[k] for k in ("domain", "seed", "data", "model", "train", "penalty")}
-        part["train"] = {k: v for k, v in part["train"].items() if k not in _RUN_CONTROL}
+        if self.molecule is not None:  # absent for crystals, so their keys stay as they were
+            part["molecule"] = d["molecule"]
+        part["train"] = {k: v for k, v in part["train"].items()
+                         if k not in _RUN_CONTROL and not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])}
         return part
 
 
 _RUN_CONTROL = ("threads", "collapse_uniqueness")
+# train options added after generators were cached: at their default they are left out of the
+# generator key, so existing generators keep their keys (and are reused)
+_LATER_DEFAULTS = {"adv_samples": None}
 
 
 def generator_key(config: RunConfig) -> str:

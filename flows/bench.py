@@ -1,4 +1,5 @@
-"""Prefect flow ``benchmark``: run the crystal benchmark on a trained generator and log it to MLflow.
+"""Prefect flows ``benchmark`` (crystals) and ``benchmark-molecule``: benchmark a trained generator
+and log it to MLflow.
 
 The numbers go to the MLflow experiment ``<domain>-benchmark`` (metrics, the model URI and sizes
 as params, the JSON and the printed table as artifacts); the JSON is also written to ``json_out``.
@@ -24,6 +25,34 @@ def crystal_benchmark_task(model: str, n: int, seed: int, reference: str | None,
                                  temperature=temperature, constrained=constrained)
 
 
+@task(name="molecule-benchmark")
+def molecule_benchmark_task(model: str, n: int, seed: int, reference: str | None, options: dict,
+                            temperature: float | None) -> dict:
+    from design.api import load_generator
+    from design.benchmark_molecule import run_molecule_benchmark
+
+    return run_molecule_benchmark(load_generator(model), n, seed, reference, temperature=temperature, **options)
+
+
+def _record(metrics: dict, table: str, params: dict, tracking_uri: str | None, experiment: str, model: str,
+            json_out: str | None) -> dict:
+    """Log one benchmark as an MLflow run (params, finite metrics, table and JSON artifacts)."""
+    import mlflow
+
+    from design.tracking import store
+
+    experiment_id = store.setup(tracking_uri, experiment)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"bench-{time.strftime('%Y%m%d-%H%M%S')}") as run:
+        mlflow.log_params(params)
+        mlflow.log_metrics(store.finite_metrics({k.replace("@", "_at_"): v for k, v in metrics.items()}))
+        mlflow.log_text(table, "benchmark.txt")
+        mlflow.log_text(json.dumps(metrics, indent=2, default=str), "benchmark.json")
+        metrics["info"]["run_id"] = run.info.run_id
+    get_run_logger().info("benchmark of %s logged to MLflow run %s%s", model, run.info.run_id,
+                          f"; JSON in {Path(json_out).resolve()}" if json_out else "")
+    return metrics
+
+
 @flow(name="benchmark")
 def benchmark(
     model: str,
@@ -38,28 +67,41 @@ def benchmark(
     tracking_uri: str | None = None,
     experiment: str = "crystal-benchmark",
 ) -> dict:
-    """Benchmark generator ``model`` (checkpoint path or models:/ URI); return the metrics dict."""
-    import mlflow
-
+    """Benchmark crystal generator ``model`` (checkpoint path or models:/ URI); return the metrics dict."""
     from design.benchmark import format_table, write_json
-    from design.tracking import store
 
-    logger = get_run_logger()
     metrics = crystal_benchmark_task(model, n, seed, reference, w1_samples, cov_samples, temperature,
                                      constrained)
-    table = format_table(metrics)
     if json_out:
         write_json(metrics, json_out)
-    experiment_id = store.setup(tracking_uri, experiment)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"bench-{time.strftime('%Y%m%d-%H%M%S')}") as run:
-        mlflow.log_params({"model": model, "n": n, "seed": seed, "reference": metrics["info"]["reference"],
-                           "w1_samples": w1_samples, "cov_samples": str(cov_samples),
-                           "temperature": metrics["info"]["temperature"],
-                           "constrained_decoding": metrics["info"]["constrained_decoding"]})
-        mlflow.log_metrics(store.finite_metrics(metrics))
-        mlflow.log_text(table, "benchmark.txt")
-        mlflow.log_text(json.dumps(metrics, indent=2, default=str), "benchmark.json")
-        metrics["info"]["run_id"] = run.info.run_id
-    logger.info("benchmark of %s logged to MLflow run %s%s", model, run.info.run_id,
-                f"; JSON in {Path(json_out).resolve()}" if json_out else "")
-    return metrics
+    params = {"model": model, "n": n, "seed": seed, "reference": metrics["info"]["reference"],
+              "w1_samples": w1_samples, "cov_samples": str(cov_samples),
+              "temperature": metrics["info"]["temperature"],
+              "constrained_decoding": metrics["info"]["constrained_decoding"]}
+    return _record(metrics, format_table(metrics), params, tracking_uri, experiment, model, json_out)
+
+
+@flow(name="benchmark-molecule")
+def molecule_benchmark(
+    model: str,
+    n: int = 30_000,
+    seed: int = 0,
+    reference: str | None = None,
+    json_out: str | None = None,
+    options: dict | None = None,
+    temperature: float | None = None,
+    tracking_uri: str | None = None,
+    experiment: str = "molecule-benchmark",
+) -> dict:
+    """MOSES benchmark of molecule generator ``model``; ``options`` holds the keyword arguments of
+    :func:`design.benchmark_molecule.run_molecule_benchmark` (train, fcd_samples, ...)."""
+    from design.benchmark_molecule import format_table, write_json
+
+    metrics = molecule_benchmark_task(model, n, seed, reference, dict(options or {}), temperature)
+    if json_out:
+        write_json(metrics, json_out)
+    info = metrics["info"]
+    params = {"model": model, "n": n, "seed": seed, "reference": info["reference"], "temperature": info["temperature"],
+              "novelty_against": info["novelty_against"],
+              **{k: info[k] for k in ("fcd_samples", "fcd_reference", "snn_samples", "intdiv_samples")}}
+    return _record(metrics, format_table(metrics), params, tracking_uri, experiment, model, json_out)

@@ -5,6 +5,7 @@
     invdes generate --model models:/crystal-generator@champion --n 100 --seed 0 --out DIR
                     [--target formation_energy_per_atom=-2.0] [--valid-only]
     invdes bench crystal --model models:/crystal-generator@champion --n 10000 --json bench.json
+    invdes bench molecule --model models:/molecule-generator@champion --n 30000 --json bench.json
     invdes ablate --spec configs/ablations/crystal.yaml --out runs/ablation
     invdes label bvse --out data/labels/bvse_li.csv.gz [--workers 2] [--time-limit 60]
     invdes surrogate --labels data/labels/bvse_li.csv.gz --out runs/surrogate/bvse.pt --json metrics.json
@@ -98,10 +99,19 @@ def cmd_generate(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from design.benchmark import format_table
-
     if args.n < 2:
         raise ValueError(f"--n must be at least 2, got {args.n}")
+    run = _bench_molecule if args.domain == "molecule" else _bench_crystal
+    table = run(args)
+    print(table)
+    if args.json:
+        print(f"\nJSON written to {args.json}")
+    return 0
+
+
+def _bench_crystal(args) -> str:
+    from design.benchmark import format_table
+
     if args.track:
         from flows.bench import benchmark
 
@@ -116,10 +126,28 @@ def cmd_bench(args) -> int:
                                         temperature=args.temperature, constrained=args.constrained)
         if args.json:
             write_json(metrics, args.json)
-    print(format_table(metrics))
-    if args.json:
-        print(f"\nJSON written to {args.json}")
-    return 0
+    return format_table(metrics)
+
+
+def _bench_molecule(args) -> str:
+    from design.benchmark_molecule import format_table
+
+    options = {"train": args.novelty_train, "fcd_samples": args.fcd_samples, "fcd_reference": args.fcd_reference,
+               "snn_samples": args.snn_samples, "intdiv_samples": args.intdiv_samples}
+    if args.track:
+        from flows.bench import molecule_benchmark
+
+        metrics = molecule_benchmark(args.model, args.n, args.seed, args.reference, args.json, options,
+                                     args.temperature)
+    else:
+        from design.api import load_generator
+        from design.benchmark_molecule import run_molecule_benchmark, write_json
+
+        metrics = run_molecule_benchmark(load_generator(args.model), args.n, args.seed, args.reference,
+                                         temperature=args.temperature, **options)
+        if args.json:
+            write_json(metrics, args.json)
+    return format_table(metrics)
 
 
 def cmd_ablate(args) -> int:
@@ -171,7 +199,7 @@ def cmd_conductivity(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="invdes", description="Adversarial inverse design of crystals.")
+    p = argparse.ArgumentParser(prog="invdes", description="Adversarial inverse design of crystals and molecules.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -196,18 +224,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--valid-only", action="store_true", help="sample until N candidates pass the exact checks")
     g.set_defaults(func=cmd_generate)
 
-    b = sub.add_parser("bench", help="benchmark a trained generator (CDVAE-protocol metrics, throughput)")
-    b.add_argument("domain", choices=["crystal"], help="which benchmark")
+    b = sub.add_parser("bench", help="benchmark a trained generator (CDVAE or MOSES protocol metrics, throughput)")
+    b.add_argument("domain", choices=["crystal", "molecule"], help="which benchmark")
     b.add_argument("--model", required=True, help="models:/crystal-generator@champion, runs:/..., or a checkpoint path")
-    b.add_argument("--n", type=int, default=10_000, help="structures to generate (default 10000)")
+    b.add_argument("--n", type=int, default=10_000, help="samples to generate (default 10000; MOSES uses 30000)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--json", help="write the metrics as JSON here")
     b.add_argument("--reference", help="reference split (default: the generator's data.reference, the MP-20 test split)")
-    b.add_argument("--w1-samples", type=int, default=1000, help="valid samples for the Wasserstein distances")
-    b.add_argument("--cov-samples", type=int, help="cap on valid samples fingerprinted for COV (default: all)")
-    b.add_argument("--temperature", type=float, help="element-sampling temperature (default: the generator's)")
+    b.add_argument("--w1-samples", type=int, default=1000, help="crystal: valid samples for the Wasserstein distances")
+    b.add_argument("--cov-samples", type=int, help="crystal: cap on valid samples fingerprinted for COV (default: all)")
+    b.add_argument("--temperature", type=float, help="sampling temperature (default: the generator's)")
     b.add_argument("--unconstrained", dest="constrained", action="store_const", const=False,
-                   help="raw samples: switch off the generator's constrained decoding")
+                   help="crystal: raw samples, switch off the generator's constrained decoding")
+    b.add_argument("--novelty-train", default="molecules/moses/train.csv.gz",
+                   help="molecule: the split novelty is judged against (default: the whole MOSES train)")
+    b.add_argument("--fcd-samples", type=int, default=10_000, help="molecule: valid samples for FCD")
+    b.add_argument("--fcd-reference", type=int, default=10_000, help="molecule: reference molecules for FCD")
+    b.add_argument("--snn-samples", type=int, default=5_000, help="molecule: valid samples for SNN (all reference)")
+    b.add_argument("--intdiv-samples", type=int, default=10_000, help="molecule: valid samples for IntDiv")
     b.add_argument("--no-track", dest="track", action="store_false", help="do not run as a flow / log to MLflow")
     b.set_defaults(func=cmd_bench)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 TRAIN = "crystals/mp_20_biternary/val.csv.gz"
 
 
@@ -21,3 +24,45 @@ def tiny_config(**sections):
         "generate": {"rounds": 1, "n_per_round": 16},
     }
     return config_from_dict(merge(base, sections))
+
+MOLECULES_TRAIN = "molecules/moses/train.csv.gz"
+MOLECULES_TEST = "molecules/moses/test.csv.gz"
+
+
+def tiny_molecule_config(**sections):
+    """A molecule RunConfig that trains in a few seconds on CPU (256 MOSES molecules)."""
+    from design.config import config_from_dict, merge
+
+    base = {
+        "name": "tiny-molecule",
+        "domain": "molecule",
+        "seed": 0,
+        "data": {"train": MOLECULES_TRAIN, "reference": MOLECULES_TEST, "properties": ["logp"], "limit": 256},
+        "molecule": {"max_tokens": 60},
+        "model": {"latent_dim": 8, "hidden": 32, "site_dim": 16, "encoder_layers": 1, "decoder_layers": 1,
+                  "disc_dim": 16, "disc_layers": 1},
+        "train": {"epochs": 2, "batch_size": 64, "monitor_samples": 16, "device": "cpu", "gan_loss": "hinge",
+                  "d_species_grad": True, "penalty_weight": 1.0},
+        "generate": {"rounds": 1, "n_per_round": 16},
+    }
+    return config_from_dict(merge(base, sections))
+
+
+@contextlib.contextmanager
+def campaign_in(work, config_path):
+    """Run `discover` on a config file inside folder ``work`` (its own MLflow store there);
+    yield what the integration tests read: work, cfg, summary, uri."""
+    from design.config import load_config
+    from flows.discover import discover
+
+    old_cwd = os.getcwd()
+    old_uri = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.chdir(work)
+    try:
+        cfg = load_config(config_path)
+        summary = discover(cfg.model_dump(mode="json"), str(work / "out"))
+        yield {"work": work, "cfg": cfg, "summary": summary, "uri": f"sqlite:///{work / 'mlflow.db'}"}
+    finally:
+        os.chdir(old_cwd)
+        if old_uri is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = old_uri

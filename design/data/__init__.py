@@ -22,7 +22,7 @@ def training_structures(domain: Domain, config: RunConfig) -> list:
     cover part of the split) every usable row, labelled or not; else the training set itself."""
     d = config.data
     ds = domain.load_dataset(d.train, [], d.limit) if d.property_table else training_set(domain, config)
-    return domain.decode(ds.tensors)
+    return domain.reference_objects(ds)
 
 
 __all__ = ["DataNotFoundError", "resolve", "training_set", "training_structures"]

@@ -16,7 +16,11 @@ def build_domain(config: RunConfig) -> Domain:
             penalty=config.penalty,
             max_elements_smact=config.filter.max_elements_smact,
         )
-    raise ValueError(f"unknown domain {config.domain!r}; known: crystal")
+    if config.domain == "molecule":
+        from design.domains.molecule import MoleculeDomain
+
+        return MoleculeDomain(config.molecule, seed=config.seed)
+    raise ValueError(f"unknown domain {config.domain!r}; known: crystal, molecule")
 
 
 __all__ = ["Candidate", "Domain", "DomainNetworks", "EncodedDataset", "build_domain"]

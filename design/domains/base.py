@@ -48,14 +48,31 @@ class DomainNetworks:
 
     * ``encoder_body``: real batch -> [B, H] features.
     * ``decoder_head``: [B, H] trunk output -> raw outputs (dict of tensors); it also provides
-      ``sample(raw, tau, generator, hard_only)`` -> soft batch and ``reconstruction_loss(raw, tensors)``.
-    * ``disc_body``: soft batch -> [B, F] features (permutation and rotation invariant).
+      ``sample(raw, tau, temperature, generator, constrained)`` -> soft batch and
+      ``reconstruction_loss(raw, tensors)``; a head may also provide
+      ``reconstruct(raw, tensors, tau) -> (losses, soft reconstruction)`` when it gets both from one
+      pass (an autoregressive decoder's teacher-forced logits), which the trainer then prefers.
+    * ``disc_body``: soft batch -> [B, F] features (invariant to the symmetries of the domain's objects).
     """
 
     encoder_body: nn.Module
     decoder_head: nn.Module
     disc_body: nn.Module
     feature_dim: int
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """An exact check's verdict: ``structural`` and ``compositional`` stages (see
+    :meth:`Domain.check`) and ``reasons`` naming every failed test."""
+
+    structural: bool
+    compositional: bool
+    reasons: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def valid(self) -> bool:
+        return self.structural and self.compositional
 
 
 @dataclass
@@ -88,6 +105,11 @@ class Domain(ABC):
     @abstractmethod
     def fit_state(self, train: EncodedDataset) -> dict:
         """Statistics of the training data the networks need (scalers, allowed vocabulary); saved with weights."""
+
+    def reference_objects(self, data: EncodedDataset) -> list:
+        """The objects of a dataset for novelty tests: anything :meth:`fingerprint` and
+        :meth:`equivalent` accept. Default: the decoded tensors."""
+        return self.decode(data.tensors)
 
     # -- tensors
     @abstractmethod
@@ -135,7 +157,10 @@ class Domain(ABC):
 
     @abstractmethod
     def check(self, obj: Any) -> Any:
-        """Exact validity report with ``.valid`` and ``.reasons``."""
+        """Exact validity report with ``.valid``, ``.reasons`` and two stages: ``.structural`` (the
+        object is well formed: crystals, atoms apart and a real cell; molecules, RDKit sanitises one
+        connected molecule) and ``.compositional`` (its chemistry is acceptable: crystals, SMACT
+        charge neutrality and electronegativity; molecules, the MOSES-style filters)."""
 
     @abstractmethod
     def fast_valid(self, tensors: Any) -> torch.Tensor:
@@ -169,6 +194,10 @@ class Domain(ABC):
     @abstractmethod
     def write(self, candidates: list[Candidate], directory: Path) -> list[Path]:
         """Write one structure file per candidate, named by candidate id; return the paths."""
+
+    def picture(self, candidates: list[Candidate], path: Path) -> Path | None:
+        """A picture (PNG) of the candidates at ``path``, or ``None`` where the domain draws none."""
+        return None
 
     @abstractmethod
     def serialize(self, obj: Any) -> str:

@@ -6,7 +6,9 @@ A campaign directory holds, per round ``k``:
 * ``round_k/accepted.csv.gz``: those passing the filters (valid, unique against all earlier
   rounds, novel against the training set), and ``round_k/counts.json``;
 
-and at the end ``ranked.csv`` (all accepted candidates, best first) plus ``top/<id>.cif`` files.
+and at the end ``ranked.csv`` (all accepted candidates, best first) plus the top candidates' files
+in ``top/`` (``<id>.cif`` for crystals; ``<id>.sdf``, ``molecules.smi`` and a ``top.png`` grid for
+molecules).
 Each file is written atomically, so a round whose files exist is finished and a rerun of the same
 campaign resumes after it.
 """
@@ -162,7 +164,9 @@ def write_ranking(domain: Domain, config: RunConfig, ranked: pd.DataFrame, out_d
     if top_dir.is_dir():  # a rerun must not leave files of an earlier ranking behind
         for stale in top_dir.iterdir():
             stale.unlink()
-    domain.write(from_table(top, domain), top_dir)
+    top_cands = from_table(top, domain)
+    domain.write(top_cands, top_dir)
+    domain.picture(top_cands, top_dir / "top.png")  # a grid drawing, for domains that draw one
     ranked = ranked.drop(columns=[TEXT_COLUMN])
     cols = ["rank", "id", "score"] + [c for c in ranked.columns if c not in ("rank", "id", "score")]
     ranked = ranked[cols]

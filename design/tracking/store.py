@@ -164,7 +164,7 @@ def _requirements() -> list[str]:
     from importlib.metadata import PackageNotFoundError, version
 
     reqs = []
-    for pkg in ("invdes", "torch", "pymatgen", "ase", "smact", "mlflow", "pandas"):
+    for pkg in ("invdes", "torch", "pymatgen", "ase", "smact", "rdkit", "selfies", "mlflow", "pandas"):
         try:
             reqs.append(f"{pkg}=={version(pkg)}")
         except PackageNotFoundError:

@@ -234,11 +234,16 @@ class Trainer:
             mu, logvar = m.encoder(t)
             z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
             raw = m.generator(z, y)
-            rec = m.generator.head.reconstruction_loss(raw, t)
+            head = m.generator.head
+            if hasattr(head, "reconstruct"):  # likelihood and soft reconstruction from one pass
+                rec, x_rec = head.reconstruct(raw, t, tau=tc.gumbel_tau)
+            else:
+                rec, x_rec = head.reconstruction_loss(raw, t), None
             kl = _kl(mu, logvar)
             warm = min(1.0, (epoch + 1) / tc.kl_warmup_epochs) if tc.kl_warmup_epochs else 1.0
             loss = sum(rec.values()) + tc.beta_kl * warm * kl
-            x_rec = self._sample(raw)
+            if x_rec is None:
+                x_rec = self._sample(raw)
             out = {f"rec_{k}": float(v.detach()) for k, v in rec.items()}
             out["kl"] = float(kl.detach())
             with torch.no_grad():

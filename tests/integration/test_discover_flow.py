@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from design.config import load_config
+from testkit import campaign_in
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
@@ -20,20 +20,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def campaign(prefect_harness, tmp_path_factory):
     """Run `discover` on configs/crystal-quick.yaml in a fresh working directory."""
-    from flows.discover import discover
-
-    work = tmp_path_factory.mktemp("campaign")
-    old_cwd = os.getcwd()
-    old_uri = os.environ.pop("MLFLOW_TRACKING_URI", None)
-    os.chdir(work)
-    try:
-        cfg = load_config(REPO / "configs" / "crystal-quick.yaml")
-        summary = discover(cfg.model_dump(mode="json"), str(work / "out"))
-        yield {"work": work, "cfg": cfg, "summary": summary, "uri": f"sqlite:///{work / 'mlflow.db'}"}
-    finally:
-        os.chdir(old_cwd)
-        if old_uri is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = old_uri
+    with campaign_in(tmp_path_factory.mktemp("campaign"), REPO / "configs" / "crystal-quick.yaml") as run:
+        yield run
 
 
 def test_campaign_outputs(campaign):

@@ -13,11 +13,12 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from pymatgen.core import Composition, Element, Structure
 
+from design.domains.base import CheckReport
 from design.domains.crystal.elements import OXIDATION_SET, smact_table
 
 MIN_DISTANCE = 0.5  # Angstrom
@@ -25,14 +26,8 @@ MIN_VOLUME = 0.1  # Angstrom^3
 
 
 @dataclass(frozen=True)
-class CrystalCheck:
-    structural: bool
-    compositional: bool
-    reasons: tuple[str, ...] = field(default_factory=tuple)
-
-    @property
-    def valid(self) -> bool:
-        return self.structural and self.compositional
+class CrystalCheck(CheckReport):
+    """Structural (distances, volume) and compositional (SMACT) validity of one crystal."""
 
 
 def structural_reason(structure: Structure) -> str | None:

@@ -31,6 +31,8 @@ from design.domains.crystal.tensors import (
     image_distances,
     self_pair_mask,
 )
+from design.models.discrete import gumbel as _gumbel
+from design.models.discrete import straight_through as _straight_through
 
 TWO_PI = 2 * math.pi
 
@@ -133,18 +135,6 @@ def palette_targets(z: torch.Tensor, n_palette: int) -> tuple[torch.Tensor, torc
     match = (z[:, :, None] == palette[:, None, :]) & (z[:, :, None] > 0)
     types = torch.where(z > 0, match.float().argmax(-1) + 1, torch.zeros_like(z))
     return palette, types
-
-
-def _gumbel(logits: torch.Tensor, tau: float, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(soft sample [.., C] with temperature tau, hard index [..]) of a Gumbel-perturbed categorical."""
-    u = torch.rand(logits.shape, generator=generator, device=logits.device).clamp(1e-10, 1 - 1e-10)
-    noisy = logits - torch.log(-torch.log(u))
-    return torch.softmax(noisy / tau, dim=-1), noisy.argmax(-1)
-
-
-def _straight_through(soft: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    hard = F.one_hot(idx, soft.shape[-1]).to(soft.dtype)
-    return hard - soft.detach() + soft
 
 
 class CrystalDecoderHead(nn.Module):

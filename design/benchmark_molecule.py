@@ -1,0 +1,266 @@
+"""``invdes bench molecule``: the MOSES-protocol benchmark of a trained molecule generator.
+
+One call samples ``n`` molecules (30,000 in MOSES), times every step and computes
+(:mod:`design.metrics.molecule` has the definitions):
+
+* valid, unique@1k, unique@10k, novelty against the full MOSES training split (canonical SMILES),
+  Filters, over all valid samples;
+* FCD/Test, SNN/Test, Frag/Test, Scaf/Test against the reference split (default the generator
+  config's ``data.reference``, MOSES test), and IntDiv. Frag and Scaf use every valid sample and
+  the whole reference split. On one CPU thread the quadratic and ChemNet metrics take a seeded random
+  subset (``fcd_samples`` valid molecules against ``fcd_reference`` reference molecules for FCD,
+  ``snn_samples`` for SNN against the whole reference, ``intdiv_samples`` for IntDiv); the sizes
+  are in ``info``. The reference split is shuffled before it is subsampled.
+* throughput in *valid* molecules per second for sample + decode + validity (the generator call,
+  SELFIES decoding, RDKit sanitisation) and for the whole generate -> score (discriminator,
+  penalty) -> filter (exact checks with the filters, uniqueness, novelty against the generator's
+  training set) -> rank step; and the generator's training wall time.
+
+Reference statistics (fingerprints, fragment and scaffold counts, ChemNet moments, the training
+split's canonical SMILES) are cached on disk keyed by the file's sha256.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rdkit import Chem
+
+from design.api import Generator
+from design.benchmark import cost_entries, run_info
+from design.data import training_structures
+from design.data.molecules import read_smiles_table
+from design.domains.base import Candidate
+from design.domains.molecule import chemistry
+from design.generation.filtering import ReferenceIndex, annotate
+from design.generation.ranking import rank_table
+from design.generation.tables import to_table
+from design.metrics import molecule as mm
+from design.utils import atomic_path
+
+log = logging.getLogger(__name__)
+
+REFERENCE_VERSION = 1
+MOSES_TRAIN = "molecules/moses/train.csv.gz"
+
+# (metric, target, comparison, published CharRNN / VAE / LatentGAN on MOSES)
+TARGETS: list[tuple[str, float | None, str, str]] = [
+    ("valid", 0.98, ">=", "0.975 / 0.977 / 0.897"),
+    ("unique@1k", 0.99, ">=", "1.000 / 1.000 / 1.000"),
+    ("unique@10k", 0.99, ">=", "0.999 / 0.998 / 0.997"),
+    ("novelty", 0.80, ">=", "0.842 / 0.695 / 0.950"),
+    ("FCD/Test", 1.5, "<=", "0.073 / 0.099 / 0.296"),
+    ("SNN/Test", None, ">=", "0.601 / 0.626 / 0.538"),
+    ("Frag/Test", None, ">=", "1.000 / 0.999 / 0.999"),
+    ("Scaf/Test", None, ">=", "0.924 / 0.939 / 0.886"),
+    ("IntDiv", 0.83, ">=", "0.856 / 0.856 / 0.857"),
+    ("Filters", 0.95, ">=", "0.994 / 0.997 / 0.973"),
+    ("sample_decode_valid_per_s", 2000.0, ">=", ""),
+    ("train_wall_min", 45.0, "<=", ""),
+]
+
+
+def _cache_path(relpath: str, name: str) -> Path:
+    from design.data.sources import cache_dir, resolve, sha256_of
+
+    digest = sha256_of(resolve(relpath))[:16]
+    return cache_dir() / "moses_reference" / relpath.replace("/", "__") / f"v{REFERENCE_VERSION}_{digest}_{name}"
+
+
+def _read_smiles(relpath: str) -> list[str]:
+    from design.data.sources import resolve
+
+    return read_smiles_table(resolve(relpath))["smiles"].tolist()
+
+
+def reference_stats(relpath: str) -> dict[str, Any]:
+    """Fingerprints [N, 1024], fragment and scaffold counts of a reference split (cached), and its
+    SMILES in a seeded random order (for subsets)."""
+    smiles = _read_smiles(relpath)
+    order = np.random.default_rng(0).permutation(len(smiles))
+    shuffled = [smiles[i] for i in order]
+    path = _cache_path(relpath, "stats.npz")
+    if path.is_file():
+        blob = np.load(path, allow_pickle=False)
+        counts = json.loads(str(blob["counts"]))
+        log.info("loaded reference statistics of %s from cache", relpath)
+        return {"fps": np.unpackbits(blob["fps"], axis=1)[:, : mm.N_BITS], "frag": Counter(counts["frag"]),
+                "scaf": Counter(counts["scaf"]), "smiles": shuffled, "n": int(blob["n"])}
+    log.info("computing reference statistics of %d molecules of %s (cached afterwards)", len(smiles), relpath)
+    mols = [m for m in (chemistry.mol_from_smiles(s) for s in shuffled) if m is not None]
+    fps = mm.morgan_bits(mols)
+    frag, scaf = mm.count(mols, mm.fragments), mm.count(mols, mm.scaffold)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, fps=np.packbits(fps, axis=1), n=len(mols),
+                                counts=json.dumps({"frag": frag, "scaf": scaf}))
+    return {"fps": fps, "frag": frag, "scaf": scaf, "smiles": shuffled, "n": len(mols)}
+
+
+def reference_chemnet(relpath: str, smiles_shuffled: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """ChemNet moments of the first ``k`` molecules of the shuffled reference (cached)."""
+    path = _cache_path(relpath, f"chemnet_{k}.npz")
+    if path.is_file():
+        blob = np.load(path)
+        return blob["mu"], blob["sigma"]
+    log.info("ChemNet activations of %d reference molecules (cached afterwards)", k)
+    mu, sigma = mm.chemnet_stats(smiles_shuffled[:k])
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, mu=mu, sigma=sigma)
+    return mu, sigma
+
+
+def training_smiles(relpath: str) -> set[str]:
+    """Canonical SMILES of a whole training split (cached as gzipped text)."""
+    path = _cache_path(relpath, "canonical.smi.gz")
+    if path.is_file():
+        with gzip.open(path, "rt") as f:
+            return {line.rstrip("\n") for line in f}
+    raw = _read_smiles(relpath)
+    log.info("canonicalising %d training molecules of %s (cached afterwards)", len(raw), relpath)
+    canon = sorted({Chem.MolToSmiles(m) for m in (chemistry.mol_from_smiles(s) for s in raw) if m is not None})
+    with atomic_path(path) as tmp:
+        with gzip.open(tmp, "wt") as f:
+            f.write("".join(s + "\n" for s in canon))
+    return set(canon)
+
+
+def _subset(items: list, k: int, rng: np.random.Generator) -> list:
+    if k >= len(items):
+        return list(items)
+    return [items[i] for i in rng.choice(len(items), size=k, replace=False)]
+
+
+def run_molecule_benchmark(
+    generator: Generator,
+    n: int = 30_000,
+    seed: int = 0,
+    reference: str | None = None,
+    train: str = MOSES_TRAIN,
+    fcd_samples: int = 10_000,
+    fcd_reference: int = 10_000,
+    snn_samples: int = 5_000,
+    intdiv_samples: int = 10_000,
+    temperature: float | None = None,
+) -> dict[str, Any]:
+    """Run the benchmark; return a flat dict of metrics plus ``info`` (see module docstring)."""
+    if generator.domain.name != "molecule":
+        raise ValueError(f"the molecule benchmark needs a molecule generator, got domain {generator.domain.name!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(f"n must be an int >= 2, got {n!r}")
+    for name, k in (("fcd_samples", fcd_samples), ("fcd_reference", fcd_reference), ("snn_samples", snn_samples),
+                    ("intdiv_samples", intdiv_samples)):
+        if k < 2:
+            raise ValueError(f"{name} must be >= 2, got {k}")
+    domain, cfg = generator.domain, generator.config
+    reference = reference or cfg.data.reference
+    t: dict[str, float] = {}
+
+    # -- sample -> decode -> validity (the one-shot path a user pays for)
+    start = time.perf_counter()
+    batch = generator.sample(n, seed=seed, temperature=temperature, score=False)
+    t["sample"] = time.perf_counter() - start
+    start = time.perf_counter()
+    smiles = domain.smiles(batch.tensors)
+    t["decode"] = time.perf_counter() - start
+    start = time.perf_counter()
+    mols = [domain.mol_from_smiles(s) for s in smiles]
+    structural = [not chemistry.structural_reasons(m if m.GetIntProp("invdes_sanitized") else None) for m in mols]
+    t["validity"] = time.perf_counter() - start
+    n_valid = int(sum(structural))
+    log.info("sampled, decoded and sanitised %d molecules (%d valid) in %.1fs", n, n_valid,
+             t["sample"] + t["decode"] + t["validity"])
+    if n_valid == 0:
+        raise ValueError(f"none of the {n} generated molecules is valid; nothing to compare with {reference}")
+
+    # -- score -> filter (exact checks, uniqueness, novelty vs the training set) -> rank
+    start = time.perf_counter()
+    scores = generator.score(batch.tensors)
+    t["score"] = time.perf_counter() - start
+    start = time.perf_counter()
+    index = ReferenceIndex.build(domain, training_structures(domain, cfg))
+    t["setup_training_index"] = time.perf_counter() - start
+    start = time.perf_counter()
+    cands = [Candidate(id=f"b{i:06d}", obj=m, scores={k: float(v[i]) for k, v in scores.items()},
+                       check=domain.check(m)) for i, m in enumerate(mols)]
+    counts = annotate(cands, domain, index)
+    t["filter"] = time.perf_counter() - start
+    start = time.perf_counter()
+    kept = [c for c in cands if c.valid and c.scores["unique"] and c.scores["novel"]]
+    rank_table(to_table(kept, domain, text=False), cfg.rank, cfg.generate.target)
+    t["rank"] = time.perf_counter() - start
+
+    # -- MOSES metrics
+    valid_mols = [m for m, ok in zip(mols, structural, strict=True) if ok]
+    canonical = [Chem.MolToSmiles(m) for m in valid_mols]
+    out: dict[str, Any] = {"n": n, "n_valid": n_valid, "valid": n_valid / n}
+    out["unique@1k"] = mm.unique_at(canonical, 1000)
+    out["unique@10k"] = mm.unique_at(canonical, 10_000)
+    start = time.perf_counter()
+    out["novelty"] = mm.novelty(canonical, training_smiles(train))
+    t["novelty"] = time.perf_counter() - start
+    out["Filters"] = sum(c.check.compositional for c in cands) / n_valid
+    ref = reference_stats(reference)
+    rng = np.random.default_rng(seed)
+    start = time.perf_counter()
+    fcd_set = _subset(canonical, fcd_samples, rng)
+    mu_g, sigma_g = mm.chemnet_stats(fcd_set)
+    mu_r, sigma_r = reference_chemnet(reference, ref["smiles"], min(fcd_reference, len(ref["smiles"])))
+    out["FCD/Test"] = mm.frechet(mu_g, sigma_g, mu_r, sigma_r)
+    t["fcd"] = time.perf_counter() - start
+    start = time.perf_counter()
+    fps = mm.morgan_bits(valid_mols)
+    snn_idx = rng.choice(len(fps), size=min(snn_samples, len(fps)), replace=False)
+    out["SNN/Test"] = mm.snn(fps[snn_idx], ref["fps"])
+    div_idx = rng.choice(len(fps), size=min(intdiv_samples, len(fps)), replace=False)
+    out["IntDiv"] = mm.internal_diversity(fps[div_idx])
+    t["snn_intdiv"] = time.perf_counter() - start
+    start = time.perf_counter()
+    out["Frag/Test"] = mm.cosine(mm.count(valid_mols, mm.fragments), ref["frag"])
+    out["Scaf/Test"] = mm.cosine(mm.count(valid_mols, mm.scaffold), ref["scaf"], drop_empty=True)
+    t["frag_scaf"] = time.perf_counter() - start
+    out["discovery_unique"] = counts.unique
+    out["discovery_novel_vs_training_subset"] = counts.novel
+
+    # -- throughput and training cost
+    one_shot = t["sample"] + t["decode"] + t["validity"]
+    out["sample_decode_valid_per_s"] = n_valid / one_shot
+    out["generate_filter_rank_valid_per_s"] = n_valid / (one_shot + t["score"] + t["filter"] + t["rank"])
+    out.update(cost_entries(generator, t))
+    out["info"] = {
+        **run_info(generator, seed, temperature, ("torch", "rdkit", "selfies", "fcd")),
+        "reference": reference,
+        "reference_size": ref["n"],
+        "novelty_against": train,
+        "generator_training_split": cfg.data.train,
+        "generator_training_size": len(index),
+        "fcd_samples": len(fcd_set),
+        "fcd_reference": min(fcd_reference, len(ref["smiles"])),
+        "snn_samples": int(len(snn_idx)),
+        "intdiv_samples": int(len(div_idx)),
+    }
+    return out
+
+
+PUBLISHED = "CharRNN / VAE / LatentGAN (MOSES)"
+
+
+def format_table(metrics: dict[str, Any]) -> str:
+    """The molecule benchmark as a plain-text table (targets first, then the other numbers)."""
+    from design.benchmark import format_table as table
+
+    return table(metrics, TARGETS, PUBLISHED)
+
+
+def write_json(metrics: dict[str, Any], path: str | Path) -> Path:
+    from design.benchmark import write_json as write
+
+    return write(metrics, path, TARGETS)

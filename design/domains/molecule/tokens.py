@@ -1,0 +1,144 @@
+"""SELFIES token sequences: the tensor form of molecules and its round trip to SMILES / RDKit.
+
+A molecule is a SELFIES string (every token sequence decodes to a valence-valid molecule) split
+into at most ``L`` tokens, stored as vocabulary indices. Index 0 is the end token: a sequence ends
+at its first 0 and every position after it is 0, so a tensor always has ``L + 1`` columns.
+
+Two forms:
+
+* :class:`MoleculeTensors` (storage, hard): ``tokens`` [N, L + 1] int64 vocabulary indices, and
+  the ``vocab`` they index.
+* :class:`MoleculeBatch` (model input, soft): ``tokens`` [B, L + 1, V] token probabilities
+  (one-hot for real molecules, straight-through Gumbel samples for generated ones).
+
+The vocabulary is a tuple of SELFIES tokens, index 0 = :data:`END`; it is fitted on the training
+corpus (``Vocabulary.fit``) and saved with the generator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import selfies as sf
+import torch
+from rdkit import Chem
+
+END = "[end]"
+
+
+class EncodeError(ValueError):
+    """A molecule that does not fit the tensor form (the message says why)."""
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """SELFIES tokens by index; ``tokens[0]`` is the end token."""
+
+    tokens: tuple[str, ...]
+
+    @classmethod
+    def fit(cls, selfies_strings: Iterable[str]) -> Vocabulary:
+        """The tokens that occur in ``selfies_strings`` in a fixed (sorted) order after the end token."""
+        seen: set[str] = set()
+        for s in selfies_strings:
+            seen.update(sf.split_selfies(s))
+        return cls((END, *sorted(seen)))
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def index(self) -> dict[str, int]:
+        return {t: i for i, t in enumerate(self.tokens)}
+
+
+def smiles_to_selfies(smiles: str) -> str:
+    """Canonical SMILES -> SELFIES (kekulised by the encoder); raises :class:`EncodeError`."""
+    mol = Chem.MolFromSmiles(smiles)
+    if mol is None:
+        raise EncodeError("SMILES does not parse")
+    if len(Chem.GetMolFrags(mol)) > 1:
+        raise EncodeError("more than one fragment")
+    try:
+        return sf.encoder(Chem.MolToSmiles(mol))
+    except sf.EncoderError as err:
+        raise EncodeError(f"SELFIES encoder refused it ({str(err).splitlines()[0]})") from None
+
+
+def selfies_to_indices(selfies: str, vocab: dict[str, int], max_tokens: int) -> list[int]:
+    """One SELFIES string -> ``max_tokens + 1`` indices (end-padded); raises :class:`EncodeError`."""
+    toks = list(sf.split_selfies(selfies))
+    if not toks:
+        raise EncodeError("empty SELFIES")
+    if len(toks) > max_tokens:
+        raise EncodeError(f"more than max_tokens={max_tokens} SELFIES tokens")
+    try:
+        idx = [vocab[t] for t in toks]
+    except KeyError as err:
+        raise EncodeError(f"token {err.args[0]} not in the vocabulary") from None
+    return idx + [0] * (max_tokens + 1 - len(idx))
+
+
+def indices_to_selfies(row: Sequence[int], tokens: Sequence[str]) -> str:
+    """Vocabulary indices up to the first end token -> SELFIES string."""
+    out = []
+    for i in row:
+        if i == 0:
+            break
+        out.append(tokens[i])
+    return "".join(out)
+
+
+def selfies_to_smiles(selfies: str) -> str:
+    """SELFIES -> SMILES as the SELFIES decoder writes it ("" for an empty molecule)."""
+    return sf.decoder(selfies) or ""
+
+
+@dataclass
+class MoleculeTensors:
+    """Hard tensor form of N molecules (see module docstring)."""
+
+    tokens: torch.Tensor  # [N, L + 1] int64
+    vocab: tuple[str, ...]  # SELFIES token of each index (index 0: the end token)
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def subset(self, idx: torch.Tensor | slice) -> MoleculeTensors:
+        return MoleculeTensors(self.tokens[idx], self.vocab)
+
+    def to(self, device: torch.device | str) -> MoleculeTensors:
+        return MoleculeTensors(self.tokens.to(device), self.vocab)
+
+    def lengths(self) -> torch.Tensor:
+        """[N] number of tokens before the end token."""
+        return (self.tokens != 0).long().cumprod(1).sum(1)
+
+    def to_batch(self, vocab_size: int) -> MoleculeBatch:
+        return MoleculeBatch(torch.nn.functional.one_hot(self.tokens.long(), vocab_size).float())
+
+
+@dataclass
+class MoleculeBatch:
+    """Soft token sequences [B, L + 1, V] (probabilities over the vocabulary per position)."""
+
+    tokens: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def detach(self) -> MoleculeBatch:
+        return MoleculeBatch(self.tokens.detach())
+
+    def to_tensors(self, vocab: tuple[str, ...]) -> MoleculeTensors:
+        idx = self.tokens.argmax(-1)
+        # everything after the first end token is end: keeps the storage invariant
+        alive = (idx != 0).long().cumprod(1).bool()
+        return MoleculeTensors(idx.masked_fill(~alive, 0), vocab)
+
+    @property
+    def alive(self) -> torch.Tensor:
+        """[B, L + 1] probability that a position is still inside the molecule (before the end
+        token), differentiable: the product of (1 - p(end)) over this and earlier positions."""
+        return torch.cumprod(1.0 - self.tokens[..., 0], dim=1)

@@ -1,0 +1,102 @@
+"""The quick molecule campaign end to end: Prefect flow, MLflow run and registry, generator API, CLI bench."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from rdkit import Chem
+
+from testkit import campaign_in
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def campaign(prefect_harness, tmp_path_factory):
+    """Run `discover` on configs/molecule-quick.yaml in a fresh working directory."""
+    with campaign_in(tmp_path_factory.mktemp("molecule-campaign"), REPO / "configs" / "molecule-quick.yaml") as run:
+        yield run
+
+
+def test_campaign_outputs(campaign):
+    s, cfg, out = campaign["summary"], campaign["cfg"], Path(campaign["summary"]["out_dir"])
+    assert len(s["rounds"]) == cfg.generate.rounds
+    for r in s["rounds"]:
+        assert r["generated"] == cfg.generate.n_per_round
+        assert 0 < r["novel"] <= r["unique"] <= r["valid"] <= r["generated"]
+        assert r["structural_validity"] > 0.95  # SELFIES: (nearly) every sample sanitises
+    ranked = pd.read_csv(out / "ranked.csv")
+    assert len(ranked) == s["ranked"] == sum(r["accepted"] for r in s["rounds"])
+    assert ranked["valid"].all() and ranked["unique"].all() and ranked["novel"].all()
+    assert ranked["smiles"].is_unique
+    sdfs = sorted((out / "top").glob("*.sdf"))
+    assert len(sdfs) == min(cfg.rank.top_k, len(ranked))
+    assert {p.stem for p in sdfs} == set(ranked["id"].head(len(sdfs)))
+    first = next(iter(Chem.SDMolSupplier(str(out / "top" / f"{ranked['id'][0]}.sdf"))))
+    assert Chem.MolToSmiles(first) == ranked["smiles"][0]
+    assert (out / "top" / "top.png").read_bytes()[:4] == b"\x89PNG"
+    assert len((out / "top" / "molecules.smi").read_text().splitlines()) == len(sdfs)
+
+
+def test_mlflow_run_has_rounds_table_pictures_and_model(campaign):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=campaign["uri"])
+    run = client.get_run(campaign["summary"]["run_id"])
+    cfg = campaign["cfg"]
+    assert run.data.tags["domain"] == "molecule"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/rec_tokens")] == [1, 2]
+    assert len(client.get_metric_history(run.info.run_id, "round/novel")) == cfg.generate.rounds
+    top = {a.path for a in client.list_artifacts(run.info.run_id, "candidates/top")}
+    assert "candidates/top/top.png" in top and "candidates/top/molecules.smi" in top
+    table = client.load_table(experiment_id=run.info.experiment_id, artifact_file="candidates/ranked_candidates.json",
+                              run_ids=[run.info.run_id])
+    assert {"rank", "id", "smiles", "qed", "pred_logp", "realism"} <= set(table.columns)
+    version = client.get_model_version_by_alias(cfg.tracking.registered_model, cfg.tracking.alias)
+    assert version.run_id == run.info.run_id
+
+
+def test_registered_generator_loads_by_alias(campaign, monkeypatch):
+    import mlflow
+
+    from design import load_generator
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", campaign["uri"])
+    gen = load_generator("models:/molecule-generator@champion")
+    a = [c.smiles for c in gen.generate(8, seed=5)]
+    assert a == [c.smiles for c in gen.generate(8, seed=5)]
+    mlflow.set_tracking_uri(campaign["uri"])
+    model = mlflow.pyfunc.load_model("models:/molecule-generator@champion")
+    out = model.predict(pd.DataFrame({"n": [3], "seed": [0]}))
+    assert len(out) == 3 and all(Chem.MolFromSmiles(s) is not None for s in out["structure"])
+
+
+def test_cli_bench_molecule_runs_the_flow_and_logs_to_mlflow(campaign, tmp_path, monkeypatch, capsys):
+    from mlflow import MlflowClient
+
+    from design.data.sources import resolve
+    from flows.cli import main
+
+    ref = tmp_path / "ref.csv"
+    pd.read_csv(resolve("molecules/moses/test.csv.gz"), nrows=100).to_csv(ref, index=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", campaign["uri"])
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "molecule", "--model", "models:/molecule-generator@champion", "--n", "80",
+               "--reference", str(ref), "--novelty-train", str(ref), "--fcd-samples", "50", "--fcd-reference", "80", "--snn-samples", "40",
+               "--intdiv-samples", "40", "--json", str(out)])
+    assert rc == 0
+    assert "FCD/Test" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    client = MlflowClient(tracking_uri=campaign["uri"])
+    runs = client.search_runs([client.get_experiment_by_name("molecule-benchmark").experiment_id])
+    assert len(runs) == 1
+    logged = runs[0].data
+    assert logged.params["n"] == "80" and logged.params["fcd_samples"] == "50"
+    assert logged.params["novelty_against"] == str(ref)
+    for key in ("valid", "IntDiv", "FCD/Test", "sample_decode_valid_per_s"):
+        assert logged.metrics[key] == pytest.approx(result[key]), key
+    assert logged.metrics["unique_at_10k"] == pytest.approx(result["unique@10k"])

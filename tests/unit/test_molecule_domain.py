@@ -1,0 +1,112 @@
+"""The molecule domain: SMILES -> SELFIES tensors -> SMILES on real MOSES molecules, files, config."""
+
+import pandas as pd
+import pytest
+import torch
+from rdkit import Chem
+
+from design.config import ConfigError, config_from_dict, generator_key
+from design.data.molecules import DatasetFormatError, load_molecule_dataset
+from design.data.sources import resolve
+from design.domains import build_domain
+from design.domains.base import Candidate
+from design.domains.molecule import MoleculeDomain
+from design.domains.molecule.tokens import MoleculeBatch
+
+from testkit import MOLECULES_TEST
+
+
+@pytest.fixture(scope="module")
+def moses():
+    return load_molecule_dataset(MOLECULES_TEST, ["logp"], max_tokens=72, limit=300, subsample="first")
+
+
+@pytest.fixture(scope="module")
+def domain(moses):
+    dom = MoleculeDomain()
+    dom.fit_state(moses)
+    return dom
+
+
+def test_round_trip_real_moses_molecules(moses, domain):
+    raw = pd.read_csv(resolve(MOLECULES_TEST), nrows=300)["SMILES"].tolist()
+    assert len(moses) == 300 and not moses.skipped
+    assert moses.tensors.tokens.shape == (300, 73)
+    # tensors -> SMILES gives back every molecule (canonical SMILES compared)
+    back = [Chem.MolToSmiles(m) for m in domain.decode(moses.tensors)]
+    assert back == [Chem.MolToSmiles(Chem.MolFromSmiles(s)) for s in raw] == moses.ids
+    # SMILES -> tensors by the domain gives the same tensors as the data loader
+    assert torch.equal(domain.encode(raw).tokens, moses.tensors.tokens)
+    # the soft form turns back into the same hard tensors
+    assert torch.equal(domain.batch_to_tensors(domain.real_batch(moses.tensors)).tokens, moses.tensors.tokens)
+
+
+def test_logp_labels_match_rdkit(moses):
+    from rdkit.Chem import Crippen
+
+    want = [Crippen.MolLogP(Chem.MolFromSmiles(s)) for s in moses.ids[:20]]
+    assert moses.y[:20, 0].tolist() == pytest.approx(want, abs=1e-4)
+
+
+def test_bad_rows_are_skipped_and_counted(tmp_path):
+    path = tmp_path / "bad.smi"
+    long_chain = "C" * 80
+    path.write_text("CCO\nnot_a_smiles\nCC.O\n" + long_chain + "\nc1ccccc1\n")
+    ds = load_molecule_dataset(str(path), ["logp"], max_tokens=40)
+    assert ds.ids == ["CCO", "c1ccccc1"]
+    assert ds.skipped == {"SMILES does not parse": 1, "more than one fragment": 1,
+                          "more than max_tokens=40 SELFIES tokens": 1}
+
+
+def test_csv_without_smiles_column_is_an_error_that_names_the_columns(tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_text("mol,score\nCCO,1\n")
+    with pytest.raises(DatasetFormatError, match=r"no SMILES column.*\['mol', 'score'\]"):
+        load_molecule_dataset(str(path), ["logp"], max_tokens=40)
+
+
+def test_unknown_property_names_the_fix(tmp_path):
+    path = tmp_path / "x.smi"
+    path.write_text("CCO\n")
+    with pytest.raises(ValueError, match=r"unknown molecular property 'pic50'.*data.properties"):
+        load_molecule_dataset(str(path), ["pic50"], max_tokens=40)
+
+
+def test_empty_token_rows_and_end_padding():
+    batch = MoleculeBatch(torch.nn.functional.one_hot(torch.tensor([[1, 0, 2, 0]]), 3).float())
+    t = batch.to_tensors(("[end]", "[C]", "[O]"))
+    assert t.tokens.tolist() == [[1, 0, 0, 0]]  # nothing survives after the first end token
+    assert MoleculeDomain.smiles(t) == ["C"]
+
+
+def test_write_sdf_smiles_and_png(domain, moses, tmp_path):
+    mols = domain.decode(moses.tensors.subset(slice(0, 3)))
+    cands = [Candidate(id=f"m{i}", obj=m, scores={"realism": 0.5}) for i, m in enumerate(mols)]
+    paths = domain.write(cands, tmp_path)
+    assert [p.name for p in paths] == ["m0.sdf", "m1.sdf", "m2.sdf"]
+    back = [next(iter(Chem.SDMolSupplier(str(p)))) for p in paths]
+    assert [Chem.MolToSmiles(m) for m in back] == moses.ids[:3]
+    assert back[0].GetProp("realism") == "0.5"
+    smi = (tmp_path / "molecules.smi").read_text().split("\n")
+    assert smi[:3] == [f"{s} m{i}" for i, s in enumerate(moses.ids[:3])]
+    png = domain.picture(cands, tmp_path / "top.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_unsanitisable_text_is_an_invalid_candidate_not_a_crash(domain):
+    mol = domain.deserialize("C(C)(C)(C)(C)C")  # pentavalent carbon
+    report = domain.check(mol)
+    assert not report.structural and not report.valid and "does not sanitise" in report.reasons
+    assert domain.describe(mol)["n_heavy_atoms"] == 6
+
+
+def test_molecule_config_defaults_and_crystal_keys_unchanged():
+    cfg = config_from_dict({"domain": "molecule", "data": {"train": "molecules/moses/train.csv.gz"}})
+    assert cfg.molecule is not None and cfg.molecule.max_tokens == 72
+    assert isinstance(build_domain(cfg), MoleculeDomain)
+    crystal = config_from_dict({})
+    assert crystal.molecule is None and "molecule" not in crystal.generator_part()
+    # the generator key of a crystal config is what it was before the molecule domain existed
+    assert generator_key(crystal) == "4692bc2bd828"
+    with pytest.raises(ConfigError, match="molecule section applies to domain: molecule only"):
+        config_from_dict({"molecule": {"max_tokens": 40}})

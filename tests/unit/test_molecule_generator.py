@@ -1,0 +1,138 @@
+"""A tiny trained molecule generator: seeded determinism, the generator API, MOSES metrics, the benchmark."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from rdkit import Chem, DataStructs
+from rdkit.Chem import rdFingerprintGenerator
+
+from design import load_generator
+from design.api import MoleculeCandidate
+from design.domains import build_domain
+from design.metrics import molecule as mm
+from design.training.trainer import Trainer
+
+from testkit import MOLECULES_TEST, tiny_molecule_config
+
+
+def _train(tmp_path_factory, name):
+    cfg = tiny_molecule_config()
+    domain = build_domain(cfg)
+    ds = domain.load_dataset(cfg.data.train, list(cfg.data.properties), cfg.data.limit)
+    return Trainer(cfg, domain, ds, tmp_path_factory.mktemp(name)).run()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return _train(tmp_path_factory, "tiny-molecule")
+
+
+@pytest.fixture(scope="module")
+def gen(trained):
+    return load_generator(trained.checkpoint)
+
+
+def test_training_is_seeded(trained, tmp_path_factory):
+    again = _train(tmp_path_factory, "tiny-molecule-again")
+    a = torch.load(trained.checkpoint, weights_only=True)["model"]
+    b = torch.load(again.checkpoint, weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["rec_tokens"] for r in trained.history] == [r["rec_tokens"] for r in again.history]
+    assert trained.history[-1]["rec_tokens"] < trained.history[0]["rec_tokens"]  # it learns
+
+
+def test_same_seed_same_molecules(gen):
+    a = [c.smiles for c in gen.generate(24, seed=3)]
+    b = [c.smiles for c in gen.generate(24, seed=3)]
+    c = [c.smiles for c in gen.generate(24, seed=4)]
+    assert a == b and a != c
+
+
+def test_candidates_are_rdkit_molecules_with_scores(gen):
+    cands = gen.generate(16, seed=0)
+    assert all(isinstance(c, MoleculeCandidate) for c in cands)
+    for c in cands:
+        assert isinstance(c.mol, Chem.Mol) and c.mol.GetNumAtoms() > 0
+        assert {"realism", "penalty", "pred_logp"} <= set(c.scores)
+        assert c.check.structural  # SELFIES: every sample is a sanitisable molecule
+    assert len(gen.sample(2500, seed=0, batch_size=1024).tensors) == 2500  # several batches joined
+
+
+def test_valid_only_and_target(gen):
+    cands = gen.generate(5, seed=1, valid_only=True, target={"logp": 1.0})
+    assert len(cands) == 5 and all(c.valid for c in cands)
+    with pytest.raises(ValueError, match="unknown target property 'qed'"):
+        gen.generate(2, target={"qed": 0.5})
+
+
+def test_tanimoto_metrics_match_rdkit():
+    smiles = ["CCO", "CCN", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1", "CCCCCC"]
+    mols = [Chem.MolFromSmiles(s) for s in smiles]
+    bits = mm.morgan_bits(mols)
+    fpgen = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=1024)
+    fps = [fpgen.GetFingerprint(m) for m in mols]
+    sims = np.array([DataStructs.BulkTanimotoSimilarity(f, fps) for f in fps])
+    assert mm.internal_diversity(bits) == pytest.approx(1 - sims.mean(), abs=1e-6)
+    assert mm.snn(bits[:2], bits[2:]) == pytest.approx(sims[:2, 2:].max(1).mean(), abs=1e-6)
+    assert mm.snn(bits, bits) == pytest.approx(1.0)
+
+
+def test_count_metrics_hand_values():
+    assert mm.unique_at(["a", "a", "b", "c"], 2) == 0.5
+    assert mm.unique_at(["a", "a", "b", "c"], 10) == 0.75
+    assert mm.novelty(["a", "b", "b", "c"], {"a"}) == pytest.approx(2 / 3)
+    assert mm.cosine(mm.Counter({"x": 1, "y": 1}), mm.Counter({"x": 2})) == pytest.approx(2 / (2**0.5 * 2))
+    assert mm.cosine(mm.Counter({"": 5, "x": 1}), mm.Counter({"x": 3}), drop_empty=True) == pytest.approx(1.0)
+    benzene = Chem.MolFromSmiles("c1ccccc1CCNC(=O)C")
+    assert mm.scaffold(benzene) == "c1ccccc1"
+    assert sorted(mm.fragments(Chem.MolFromSmiles("CCOC(=O)c1ccccc1")))  # BRICS splits the ester
+
+
+def test_fcd_of_a_set_with_itself_is_zero_and_differs_from_another():
+    from design.data.sources import resolve
+
+    smiles = pd.read_csv(resolve(MOLECULES_TEST), nrows=300)["SMILES"].tolist()
+    mu1, s1 = mm.chemnet_stats(smiles[:150])
+    mu2, s2 = mm.chemnet_stats(smiles[150:])
+    assert mm.frechet(mu1, s1, mu1, s1) == pytest.approx(0.0, abs=1e-3)
+    alkanes = ["C" * k for k in range(2, 40)] + ["C" * k + "O" for k in range(2, 40)]
+    mu3, s3 = mm.chemnet_stats(alkanes)
+    assert mm.frechet(mu1, s1, mu2, s2) < mm.frechet(mu1, s1, mu3, s3)
+
+
+def test_benchmark_runs_on_small_sets(gen, tmp_path):
+    from design.benchmark_molecule import format_table, run_molecule_benchmark, write_json
+    from design.data.sources import resolve
+
+    ref = tmp_path / "ref.csv"
+    pd.read_csv(resolve(MOLECULES_TEST), nrows=120).to_csv(ref, index=False)
+    out = run_molecule_benchmark(gen, n=60, seed=0, reference=str(ref), train=str(ref), fcd_samples=40,
+                                 fcd_reference=60, snn_samples=30, intdiv_samples=30)
+    assert out["valid"] == pytest.approx(out["n_valid"] / 60)
+    for key in ("valid", "unique@1k", "unique@10k", "novelty", "Filters", "SNN/Test", "Frag/Test", "Scaf/Test",
+                "IntDiv"):
+        assert 0.0 <= out[key] <= 1.0, key
+    assert out["unique@1k"] == out["unique@10k"]  # fewer than 1,000 valid samples: the same set
+    assert np.isfinite(out["FCD/Test"]) and out["FCD/Test"] > 0
+    assert out["sample_decode_valid_per_s"] > out["generate_filter_rank_valid_per_s"] > 0
+    assert out["info"]["fcd_samples"] == 40 and out["info"]["reference_size"] == 120
+    table = format_table(out)
+    assert "FCD/Test" in table and "CharRNN" in table
+    write_json(out, tmp_path / "b.json")
+    crystal_generator = SimpleNamespace(domain=SimpleNamespace(name="crystal"))
+    with pytest.raises(ValueError, match="needs a molecule generator"):
+        run_molecule_benchmark(crystal_generator, n=10)
+
+
+def test_fewer_adversarial_samples_than_the_batch(tmp_path):
+    cfg = tiny_molecule_config(train={"epochs": 1, "adv_samples": 16})
+    domain = build_domain(cfg)
+    ds = domain.load_dataset(cfg.data.train, list(cfg.data.properties), cfg.data.limit)
+    result = Trainer(cfg, domain, ds, tmp_path).run()
+    assert np.isfinite(result.history[0]["g_adv"]) and np.isfinite(result.history[0]["penalty"])
+    # an option at its default stays out of the generator key: older generators keep their keys
+    assert "adv_samples" not in tiny_molecule_config().generator_part()["train"]
+    assert cfg.generator_part()["train"]["adv_samples"] == 16
