@@ -346,15 +346,16 @@ class RunConfig(_Section):
         part = {k: d[k] for k in ("domain", "seed", "data", "model", "train", "penalty")}
         if self.molecule is not None:  # absent for crystals, so their keys stay as they were
             part["molecule"] = d["molecule"]
-        part["train"] = {k: v for k, v in part["train"].items()
-                         if k not in _RUN_CONTROL and not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])}
+        part["train"] = {k: v for k, v in part["train"].items() if k not in _RUN_CONTROL}
+        for section, defaults in _LATER_DEFAULTS.items():
+            part[section] = {k: v for k, v in part[section].items() if not (k in defaults and v == defaults[k])}
         return part
 
 
 _RUN_CONTROL = ("threads", "collapse_uniqueness")
-# train options added after generators were cached: at their default they are left out of the
-# generator key, so existing generators keep their keys (and are reused)
-_LATER_DEFAULTS = {"adv_samples": None}
+# options added after generators were cached: at their default they are left out of the generator
+# key, so existing generators keep their keys (and are reused)
+_LATER_DEFAULTS = {"train": {"adv_samples": None}, "data": {"property_table": None}}
 
 
 def generator_key(config: RunConfig) -> str:

@@ -202,7 +202,7 @@ class Verifier:
             "id": ids,
             "ver_e_1d": [r.e_1d for r in res], "ver_e_2d": [r.e_2d for r in res], "ver_e_3d": [r.e_3d for r in res],
             "oracle_ok": [r.ok for r in res], "oracle_failure": [r.failure or "" for r in res],
-        })
+        }).astype({"id": str, "ver_e_1d": float, "ver_e_2d": float, "ver_e_3d": float, "oracle_ok": bool})
         if self.cfg.verify.chgnet and structures:
             energies = self._energies()(structures)
             e = np.array([r.final_energy_per_atom if r.ok else math.nan for r in energies])
@@ -340,7 +340,9 @@ def final_ranking(cfg: RunConfig, rounds: int, out_dir: Path, surrogate: str | P
     ver = verified_so_far(out_dir, rounds - 1)
     ranked["verified_in_round"] = ranked["id"].map(_round_of(out_dir, rounds))
     keep = [c for c in VERIFIED_COLUMNS if c != "id"]
-    return ranked.merge(ver[["id", *keep]], on="id", how="left") if len(ver) else ranked
+    if ver.empty:  # nothing verified yet: the same columns, empty
+        return ranked.assign(**{c: np.nan for c in keep})
+    return ranked.merge(ver[["id", *keep]], on="id", how="left")
 
 
 def _round_of(out_dir: Path, rounds: int) -> dict[str, int]:

@@ -50,7 +50,10 @@ def loop(prefect_harness, labels, tmp_path_factory):
             "train": {"epochs": 3},
             "generate": {"rounds": 1, "n_per_round": 200, "prior_focus": 8},
             "surrogate": {"labels": str(labels), "epochs": 15, "finetune_epochs": 2},
-            "verify": {**SETTINGS, "top_k": 3, "final_top": 4, "baseline": 4, "reference_size": 16},
+            # the tiny generator makes few Li candidates: verify them whether or not bond valence assigns
+            # their oxidation states (the screen itself is unit-tested), so the oracle path always runs
+            "verify": {**SETTINGS, "top_k": 3, "final_top": 4, "baseline": 4, "reference_size": 16,
+                       "require_valences": False},
         })
         summary = discover(cfg.model_dump(mode="json"), str(work / "out"))
         yield {"cfg": cfg, "summary": summary, "out": Path(summary["out_dir"]), "uri": f"sqlite:///{work / 'mlflow.db'}"}
@@ -65,7 +68,7 @@ def test_round_files_and_metrics(loop):
     rdir = out / "round_00"
     for name in ("generated.csv.gz", "accepted.csv.gz", "scored.csv.gz", "verified.csv.gz", "verify.json", "surrogate.pt"):
         assert (rdir / name).is_file(), name
-    assert 0 <= r["verify_verified"] <= 3 and 0 <= r["verify_hits"] <= r["verify_oracle_ok"] <= r["verify_verified"]
+    assert 0 < r["verify_verified"] <= 3 and 0 <= r["verify_hits"] <= r["verify_oracle_ok"] <= r["verify_verified"]
     assert r["verify_screened"] >= r["verify_eligible"] == r["verify_verified"]
     assert r["verify_threshold"] > 0
     assert r["with_required_parts"] >= r["accepted"]
@@ -86,11 +89,11 @@ def test_final_ranking_and_enrichment(loop):
     assert {"sur_e_3d", "sur_e_3d_std", "pareto", "ver_e_3d", "verified_in_round"} <= set(ranked.columns)
     assert ranked["score"].is_monotonic_decreasing and ranked["pareto"].any()
     enrich = json.loads((out / "enrichment.json").read_text())
-    assert enrich["top"]["n"] <= min(4, len(ranked)) and enrich["top_screened"] >= enrich["top"]["n"]
-    assert enrich["baseline"]["n"] == min(4, len(ranked)) and enrich["baseline_eligible"]["n"] <= 4
-    top = pd.read_csv(out / "enrichment_top.csv")  # the best ranked ones the oracle can evaluate, in order
-    positions = [ranked["id"].tolist().index(i) for i in top["id"]]
-    assert positions == sorted(positions) and (top["oracle_failure"].fillna("") != "valences").all()
+    assert enrich["top"]["n"] == min(4, len(ranked)) and enrich["top_screened"] == enrich["top"]["n"]
+    assert enrich["baseline"]["n"] == min(4, len(ranked)) and "baseline_eligible" not in enrich
+    top = pd.read_csv(out / "enrichment_top.csv")
+    assert top["id"].tolist() == ranked["id"].head(len(top)).tolist()
+    assert (top["oracle_ok"] | (top["oracle_failure"].fillna("") != "")).all()  # a failure has its reason
     assert np.isfinite(top["chgnet_energy_per_atom"]).any()
     for name in ("predicted_vs_verified.png", "barrier_distribution.png"):
         assert (out / "plots" / name).stat().st_size > 1000
