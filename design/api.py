@@ -183,6 +183,13 @@ class Generator:
             mu = torch.cat([mu, extra.to(mu)])
         return GaussianPrior.fit_shrunk(mu, self.latent_prior)
 
+    def prior_for(self, target: dict[str, float] | None, focus: int | None, feedback: list | None = None) -> GaussianPrior:
+        """The prior to sample: :meth:`focused_prior` (also covering the encodings of the
+        ``feedback`` objects) when there is a target and a ``focus``, else the fitted prior."""
+        if not (target and focus):
+            return self.latent_prior
+        return self.focused_prior(target, focus, self.latent_means(feedback) if feedback else None)
+
     @torch.no_grad()
     def latent_means(self, objs: list) -> torch.Tensor:
         """[N, Z] posterior means of domain objects (e.g. verified candidates) under the encoder."""
@@ -235,9 +242,8 @@ class Generator:
             constrained = self.config.generate.constrained_decoding
         bs = batch_size or self.config.generate.batch_size
         gen = torch.Generator(device=self.device).manual_seed(int(seed))
-        focus = self.config.generate.prior_focus
         if prior is None:
-            prior = self.focused_prior(target, focus) if (target and focus) else self.latent_prior
+            prior = self.prior_for(target, self.config.generate.prior_focus)
         parts = []
         for start in range(0, n, bs):
             m = min(bs, n - start)

@@ -34,7 +34,7 @@ import torch
 from design.api import Generator
 from design.data import training_structures
 from design.domains.base import Candidate, Domain
-from design.generation.filtering import ReferenceIndex, annotate
+from design.generation.filtering import FilterCounts, ReferenceIndex, annotate
 from design.generation.ranking import rank_table
 from design.generation.tables import to_table
 from design.metrics import crystal as cm
@@ -125,24 +125,7 @@ def run_crystal_benchmark(
     log.info("sampled, decoded and checked %d crystals in %.1fs", n, t["sample"] + t["decode"] + t["check"])
 
     # -- score -> filter (uniqueness, novelty) -> rank
-    start = time.perf_counter()
-    scores = generator.score(batch.tensors)
-    t["score"] = time.perf_counter() - start
-    start = time.perf_counter()
-    train_structures = training_structures(domain, cfg)
-    index = ReferenceIndex.build(domain, train_structures)
-    t["setup_training_index"] = time.perf_counter() - start
-    cands = [
-        Candidate(id=f"b{i:06d}", obj=s, scores={k: float(v[i]) for k, v in scores.items()}, check=c)
-        for i, (s, c) in enumerate(zip(structures, checks, strict=True))
-    ]
-    start = time.perf_counter()
-    counts = annotate(cands, domain, index)
-    t["filter"] = time.perf_counter() - start
-    start = time.perf_counter()
-    kept = [c for c in cands if c.valid and c.scores["unique"] and c.scores["novel"]]
-    rank_table(to_table(kept, domain, text=False), cfg.rank, cfg.generate.target)
-    t["rank"] = time.perf_counter() - start
+    cands, counts, train_structures = discovery_step(generator, batch.tensors, structures, checks, t)
     log.info("filtered %d valid crystals (%d unique, %d novel) in %.1fs", counts.valid, counts.unique,
              counts.novel, t["filter"])
 
@@ -193,6 +176,35 @@ def run_crystal_benchmark(
         "cov_samples": len(cov_set),
     }
     return out
+
+
+def discovery_step(generator: Generator, tensors: Any, objs: list, checks: list | None,
+                   times: dict[str, float]) -> tuple[list[Candidate], FilterCounts, list]:
+    """The score -> filter -> rank step of a discovery round on sampled ``objs`` (with their
+    ``tensors``), timed into ``times`` (``score``, ``setup_training_index``, a one-time set-up,
+    ``filter``, ``rank``). ``checks`` are the objects' exact checks, or None to run them inside the
+    filter step. Returns the candidates (annotated unique/novel), the counts and the training objects."""
+    domain, cfg = generator.domain, generator.config
+    start = time.perf_counter()
+    scores = generator.score(tensors)
+    times["score"] = time.perf_counter() - start
+    start = time.perf_counter()
+    train_objs = training_structures(domain, cfg)
+    index = ReferenceIndex.build(domain, train_objs)
+    times["setup_training_index"] = time.perf_counter() - start
+    start = time.perf_counter()
+    checks = checks if checks is not None else [domain.check(o) for o in objs]
+    cands = [
+        Candidate(id=f"b{i:06d}", obj=o, scores={k: float(v[i]) for k, v in scores.items()}, check=c)
+        for i, (o, c) in enumerate(zip(objs, checks, strict=True))
+    ]
+    counts = annotate(cands, domain, index)
+    times["filter"] = time.perf_counter() - start
+    start = time.perf_counter()
+    kept = [c for c in cands if c.valid and c.scores["unique"] and c.scores["novel"]]
+    rank_table(to_table(kept, domain, text=False), cfg.rank, cfg.generate.target)
+    times["rank"] = time.perf_counter() - start
+    return cands, counts, train_objs
 
 
 def cost_entries(generator: Generator, times: dict[str, float]) -> dict[str, float]:

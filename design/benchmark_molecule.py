@@ -34,14 +34,9 @@ import numpy as np
 from rdkit import Chem
 
 from design.api import Generator
-from design.benchmark import cost_entries, run_info
-from design.data import training_structures
+from design.benchmark import cost_entries, discovery_step, run_info
 from design.data.molecules import read_smiles_table
-from design.domains.base import Candidate
 from design.domains.molecule import chemistry
-from design.generation.filtering import ReferenceIndex, annotate
-from design.generation.ranking import rank_table
-from design.generation.tables import to_table
 from design.metrics import molecule as mm
 from design.utils import atomic_path
 
@@ -182,21 +177,7 @@ def run_molecule_benchmark(
         raise ValueError(f"none of the {n} generated molecules is valid; nothing to compare with {reference}")
 
     # -- score -> filter (exact checks, uniqueness, novelty vs the training set) -> rank
-    start = time.perf_counter()
-    scores = generator.score(batch.tensors)
-    t["score"] = time.perf_counter() - start
-    start = time.perf_counter()
-    index = ReferenceIndex.build(domain, training_structures(domain, cfg))
-    t["setup_training_index"] = time.perf_counter() - start
-    start = time.perf_counter()
-    cands = [Candidate(id=f"b{i:06d}", obj=m, scores={k: float(v[i]) for k, v in scores.items()},
-                       check=domain.check(m)) for i, m in enumerate(mols)]
-    counts = annotate(cands, domain, index)
-    t["filter"] = time.perf_counter() - start
-    start = time.perf_counter()
-    kept = [c for c in cands if c.valid and c.scores["unique"] and c.scores["novel"]]
-    rank_table(to_table(kept, domain, text=False), cfg.rank, cfg.generate.target)
-    t["rank"] = time.perf_counter() - start
+    cands, counts, train_objs = discovery_step(generator, batch.tensors, mols, None, t)
 
     # -- MOSES metrics
     valid_mols = [m for m, ok in zip(mols, structural, strict=True) if ok]
@@ -241,7 +222,7 @@ def run_molecule_benchmark(
         "reference_size": ref["n"],
         "novelty_against": train,
         "generator_training_split": cfg.data.train,
-        "generator_training_size": len(index),
+        "generator_training_size": len(train_objs),
         "fcd_samples": len(fcd_set),
         "fcd_reference": min(fcd_reference, len(ref["smiles"])),
         "snn_samples": int(len(snn_idx)),

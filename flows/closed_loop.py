@@ -21,6 +21,7 @@ def prepare_task(config_data: dict, out_dir: str) -> dict:
     """Labels (computed by the ``label_bvse`` flow when missing), the generator's property table,
     the starting surrogate and the hit threshold."""
     from property_models import campaign
+    from property_models.labels import oracle_cap
 
     logger = get_run_logger()
     cfg = config_from_dict(config_data)
@@ -39,7 +40,7 @@ def prepare_task(config_data: dict, out_dir: str) -> dict:
     threshold = campaign.hit_threshold(labels, cfg.data.train, cfg.surrogate.target, cfg.verify.hit_quantile)
     logger.info("hit threshold: %s < %.3f (the %g quantile of the labelled training structures)",
                 cfg.surrogate.target, threshold, cfg.verify.hit_quantile)
-    return {"surrogate": str(surrogate), "threshold": threshold, "cap": campaign.oracle_cap(labels)}
+    return {"surrogate": str(surrogate), "threshold": threshold, "cap": oracle_cap(labels)}
 
 
 @task(name="feedback-hits", cache_policy=NO_CACHE)

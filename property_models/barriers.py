@@ -22,12 +22,10 @@ from pymatgen.core import Structure
 from scipy.stats import spearmanr
 
 from property_models.graphs import structure_graph
-from property_models.labels import read_labels
+from property_models.labels import oracle_cap, read_labels
 from property_models.surrogate import SurrogateConfig, SurrogateEnsemble, train_ensemble
 
 log = logging.getLogger(__name__)
-
-DEFAULT_CAP = 5.0  # eV, the oracle's default encut
 
 
 def load_labelled(path: str | Path, targets: list[str], cap: float | None = None) -> pd.DataFrame:
@@ -37,12 +35,7 @@ def load_labelled(path: str | Path, targets: list[str], cap: float | None = None
     if df.empty:
         raise ValueError(f"{path} has no successfully labelled rows; run `invdes label bvse` first")
     if cap is None:
-        import json
-
-        from property_models.labels import provenance_path
-
-        prov = provenance_path(path)
-        cap = json.loads(prov.read_text())["oracle"]["encut"] if prov.exists() else DEFAULT_CAP
+        cap = oracle_cap(path)
     for t in targets:
         if t not in df.columns:
             raise ValueError(f"target {t!r} is not a column of {path}; choose from e_1d, e_2d, e_3d")
@@ -81,7 +74,8 @@ def element_mean_baseline(train: list[Structure], y_train: np.ndarray, test: lis
     return np.array(out)
 
 
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation; NaN for fewer than 3 points or a constant input."""
     if len(a) < 3 or np.all(a == a[0]) or np.all(b == b[0]):
         return float("nan")
     return float(spearmanr(a, b).statistic)
@@ -92,12 +86,12 @@ def metrics(y_true: np.ndarray, y_pred: np.ndarray, y_std: np.ndarray | None, ta
     out: dict = {}
     for j, t in enumerate(targets):
         yt, yp = y_true[:, j], y_pred[:, j]
-        out[f"{t}_spearman"] = _spearman(yt, yp)
+        out[f"{t}_spearman"] = spearman(yt, yp)
         out[f"{t}_mae"] = float(np.abs(yt - yp).mean())
         if y_std is not None:
-            out[f"{t}_uncertainty_error_spearman"] = _spearman(y_std[:, j], np.abs(yt - yp))
+            out[f"{t}_uncertainty_error_spearman"] = spearman(y_std[:, j], np.abs(yt - yp))
         if baseline is not None:
-            out[f"{t}_baseline_spearman"] = _spearman(yt, baseline[:, j])
+            out[f"{t}_baseline_spearman"] = spearman(yt, baseline[:, j])
             out[f"{t}_baseline_mae"] = float(np.abs(yt - baseline[:, j]).mean())
     return out
 

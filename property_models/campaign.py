@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import spearmanr
 
 from design.config import RunConfig
 from design.data.sources import cache_dir, resolve, sha256_of
@@ -40,10 +39,10 @@ from design.generation.loop import accepted_table, round_dir
 from design.generation.ranking import rank_table
 from design.generation.tables import TEXT_COLUMN, read_table, write_table
 from design.utils import atomic_write_text
-from property_models.barriers import DEFAULT_CAP, load_labelled
+from property_models.barriers import load_labelled, spearman
 from property_models.bvse import BVSEOracle, BVSESettings
 from property_models.graphs import structure_graph
-from property_models.labels import mentions_element, provenance_path
+from property_models.labels import mentions_element, oracle_cap
 from property_models.surrogate import SurrogateConfig, SurrogateEnsemble, finetune_ensemble, train_ensemble
 
 log = logging.getLogger(__name__)
@@ -54,12 +53,6 @@ VERIFIED_COLUMNS = ("id", "ver_e_1d", "ver_e_2d", "ver_e_3d", "oracle_ok", "orac
 
 
 # ---------------------------------------------------------------------------------- labels
-def oracle_cap(labels: str | Path) -> float:
-    """The oracle's ``encut`` (eV) recorded with the labels, else the default."""
-    prov = provenance_path(labels)
-    return float(json.loads(prov.read_text())["oracle"]["encut"]) if prov.is_file() else DEFAULT_CAP
-
-
 def electrolyte_property_table(train_relpath: str, labels: str | Path, out: str | Path, target: str = "e_3d",
                                element: str = "Li") -> dict:
     """Write the generator's property table for ``train_relpath``: ``material_id`` and ``target``.
@@ -69,10 +62,9 @@ def electrolyte_property_table(train_relpath: str, labels: str | Path, out: str 
     gets no row (the data loader skips it). Returns counts."""
     df = pd.read_csv(resolve(train_relpath), usecols=["material_id", "cif"])
     has = mentions_element(df["cif"], element)
-    lab = pd.read_csv(labels)
-    lab = lab[(lab["source"] == train_relpath) & lab["ok"].astype(bool)]
+    lab = split_labels(labels, train_relpath, target)
     cap = oracle_cap(labels)
-    values = dict(zip(lab["id"].astype(str), lab[target].astype(float).clip(upper=cap), strict=True))
+    values = dict(zip(lab["id"].astype(str), lab[target], strict=True))
     ids = df["material_id"].astype(str)
     rows = [(i, cap) for i, h in zip(ids, has, strict=True) if not h]
     rows += [(i, values[i]) for i, h in zip(ids, has, strict=True) if h and i in values]
@@ -84,13 +76,19 @@ def electrolyte_property_table(train_relpath: str, labels: str | Path, out: str 
     return counts
 
 
+def split_labels(labels: str | Path, relpath: str, target: str) -> pd.DataFrame:
+    """The successfully labelled rows of one source split, ``target`` censored at the oracle's cap."""
+    lab = pd.read_csv(labels)
+    lab = lab[(lab["source"] == relpath) & lab["ok"].astype(bool)].copy()
+    lab[target] = lab[target].astype(float).clip(upper=oracle_cap(labels))
+    return lab
+
+
 def hit_threshold(labels: str | Path, train_relpath: str, target: str, quantile: float) -> float:
     """The ``quantile`` of ``target`` over the oracle-labelled structures of the training split."""
-    lab = pd.read_csv(labels)
-    lab = lab[(lab["source"] == train_relpath) & lab["ok"].astype(bool)]
-    if lab.empty:
+    values = split_labels(labels, train_relpath, target)[target]
+    if values.empty:
         raise ValueError(f"{labels} has no labelled structures of {train_relpath}; run `invdes label bvse`")
-    values = lab[target].astype(float).clip(upper=oracle_cap(labels))
     return float(np.quantile(values, quantile))
 
 
@@ -241,13 +239,13 @@ def eligible_head(cfg: RunConfig, table: pd.DataFrame, k: int) -> tuple[pd.DataF
     of rows tested; all of the first ``k`` rows without ``verify.require_valences``."""
     if not cfg.verify.require_valences:
         return table.head(k), {"screened": min(k, len(table)), "eligible": min(k, len(table))}
+    from pymatgen.core import Structure
+
     keep, tested = [], 0
     for pos, text in enumerate(table[TEXT_COLUMN]):
         if len(keep) == k:
             break
         tested += 1
-        from pymatgen.core import Structure
-
         if valences_assignable(Structure.from_str(text, fmt="cif")):
             keep.append(pos)
     return table.iloc[keep], {"screened": tested, "eligible": len(keep)}
@@ -282,7 +280,7 @@ def verification_metrics(ver: pd.DataFrame, truth: np.ndarray, col: str, thresho
         "hit_rate": float((truth[ok] < threshold).sum() / max(len(ver), 1)),
         "best_verified": float(truth[ok].min()) if ok.any() else math.nan,
         "surrogate_mae": float(np.abs(pred[ok] - truth[ok]).mean()) if ok.any() else math.nan,
-        "surrogate_spearman": _spearman(pred[ok], truth[ok]),
+        "surrogate_spearman": spearman(pred[ok], truth[ok]),
         "threshold": threshold,
     }
     pct = ver["chgnet_excess_percentile"].to_numpy(dtype=float)
@@ -290,22 +288,19 @@ def verification_metrics(ver: pd.DataFrame, truth: np.ndarray, col: str, thresho
     return out
 
 
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    if len(a) < 3 or np.all(a == a[0]) or np.all(b == b[0]):
-        return math.nan
-    return float(spearmanr(a, b).statistic)
-
-
 def verified_so_far(out_dir: Path, through: int) -> pd.DataFrame:
-    """Every round's verified rows up to round ``through`` (inclusive), with their CIF text."""
+    """Every round's verified rows up to round ``through`` (inclusive), with their CIF text and the
+    round that verified them (column ``round``)."""
     parts = []
     for k in range(through + 1):
         rdir = round_dir(out_dir, k)
         if (rdir / "verified.csv.gz").is_file():
             ver = read_table(rdir / "verified.csv.gz").astype({"id": str})
             acc = read_table(rdir / "accepted.csv.gz").astype({"id": str})[["id", TEXT_COLUMN]]
-            parts.append(ver.merge(acc, on="id", how="left"))
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[*VERIFIED_COLUMNS, TEXT_COLUMN])
+            parts.append(ver.merge(acc, on="id", how="left").assign(round=k))
+    if not parts:
+        return pd.DataFrame(columns=[*VERIFIED_COLUMNS, TEXT_COLUMN, "round"])
+    return pd.concat(parts, ignore_index=True)
 
 
 def learn_round(cfg: RunConfig, k: int, out_dir: Path, surrogate: str | Path, cap: float) -> Path:
@@ -338,20 +333,11 @@ def final_ranking(cfg: RunConfig, rounds: int, out_dir: Path, surrogate: str | P
     accepted[col], accepted[f"{col}_std"] = mean, std
     ranked = rank_table(accepted, cfg.rank, cfg.generate.target)
     ver = verified_so_far(out_dir, rounds - 1)
-    ranked["verified_in_round"] = ranked["id"].map(_round_of(out_dir, rounds))
+    ranked["verified_in_round"] = ranked["id"].map(dict(zip(ver["id"], ver["round"], strict=True)))
     keep = [c for c in VERIFIED_COLUMNS if c != "id"]
     if ver.empty:  # nothing verified yet: the same columns, empty
         return ranked.assign(**{c: np.nan for c in keep})
     return ranked.merge(ver[["id", *keep]], on="id", how="left")
-
-
-def _round_of(out_dir: Path, rounds: int) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for k in range(rounds):
-        path = round_dir(out_dir, k) / "verified.csv.gz"
-        if path.is_file():
-            out.update({str(i): k for i in read_table(path)["id"]})
-    return out
 
 
 def enrichment(cfg: RunConfig, ranked: pd.DataFrame, out_dir: Path, verifier: Verifier, threshold: float) -> dict:

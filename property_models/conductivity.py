@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.stats import spearmanr
 
 from design.data.sources import resolve
+from property_models.barriers import spearman
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +94,8 @@ def features(compositions: list) -> np.ndarray:
     """[N, 134] Magpie statistics, Li atomic fraction and number of elements."""
     from design.metrics.crystal import composition_features
 
-    rows = []
-    for comp in compositions:
-        li = comp.get_atomic_fraction("Li") if "Li" in {e.symbol for e in comp.elements} else 0.0
-        rows.append(np.concatenate([composition_features(comp), [li, len(comp.elements)]]))
-    x = np.array(rows)
+    x = np.array([np.concatenate([composition_features(c), [c.get_atomic_fraction("Li"), len(c.elements)]])
+                  for c in compositions])
     return np.nan_to_num(x, nan=0.0)
 
 
@@ -118,12 +115,6 @@ class ConductivityModel:
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         per_tree = np.stack([t.predict(x) for t in self.forest.estimators_])
         return per_tree.mean(0), per_tree.std(0)
-
-
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    if len(a) < 3 or np.all(a == a[0]) or np.all(b == b[0]):
-        return math.nan
-    return float(spearmanr(a, b).statistic)
 
 
 def family_baseline(train_family: list[str], y_train: np.ndarray, test_family: list[str]) -> np.ndarray:
@@ -158,16 +149,16 @@ def cross_validate(data: ConductivityData, folds: int = 5, seed: int = 0, trees:
         model = ConductivityModel(trees, seed + k).fit(x[tr], y[tr])
         pred[te], spread[te] = model.predict(x[te])
         base[te] = family_baseline([family[i] for i in tr], y[tr], [family[i] for i in te])
-        per_fold.append({"fold": k, "n_test": len(te), "spearman": _spearman(y[te], pred[te]),
+        per_fold.append({"fold": k, "n_test": len(te), "spearman": spearman(y[te], pred[te]),
                          "mae": float(np.abs(y[te] - pred[te]).mean())})
     unc = ~censored
     return {
         "n": len(y), "censored": int(censored.sum()), "folds": folds, "group_by": group_by,
         "groups": len(set(groups)),
-        "spearman": _spearman(y, pred), "mae_log10": float(np.abs(y - pred).mean()),
-        "spearman_uncensored": _spearman(y[unc], pred[unc]),
+        "spearman": spearman(y, pred), "mae_log10": float(np.abs(y - pred).mean()),
+        "spearman_uncensored": spearman(y[unc], pred[unc]),
         "mae_log10_uncensored": float(np.abs(y[unc] - pred[unc]).mean()),
-        "baseline_family_spearman": _spearman(y, base), "baseline_family_mae_log10": float(np.abs(y - base).mean()),
-        "uncertainty_error_spearman": _spearman(spread, np.abs(y - pred)),
+        "baseline_family_spearman": spearman(y, base), "baseline_family_mae_log10": float(np.abs(y - base).mean()),
+        "uncertainty_error_spearman": spearman(spread, np.abs(y - pred)),
         "per_fold": per_fold, "skipped": data.skipped,
     }

@@ -156,6 +156,15 @@ def write_labels(table: pd.DataFrame, prov: dict, out: str | Path) -> Path:
     return out
 
 
+DEFAULT_CAP = 5.0  # eV, the oracle's default encut
+
+
+def oracle_cap(labels: str | Path) -> float:
+    """The oracle's ``encut`` (eV) recorded in the labels' provenance, else the default."""
+    prov = provenance_path(labels)
+    return float(json.loads(prov.read_text())["oracle"]["encut"]) if prov.is_file() else DEFAULT_CAP
+
+
 def provenance_path(out: str | Path) -> Path:
     out = Path(out)
     return out.with_name(re.sub(r"(\.csv)?(\.gz)?$", "", out.name) + ".provenance.json")

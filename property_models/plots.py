@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from design.config import RunConfig
 from design.generation.loop import round_dir
@@ -30,7 +29,8 @@ def _pyplot():
 
 def closed_loop_figures(cfg: RunConfig, out_dir: Path, threshold: float) -> list[Path]:
     """Write the campaign's figures; return their paths."""
-    from property_models.campaign import oracle_cap
+    from property_models.campaign import split_labels
+    from property_models.labels import oracle_cap
 
     plt = _pyplot()
     out_dir = Path(out_dir)
@@ -56,8 +56,7 @@ def closed_loop_figures(cfg: RunConfig, out_dir: Path, threshold: float) -> list
     paths.append(_save(fig, plot_dir / "predicted_vs_verified.png", plt))
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    labels = pd.read_csv(cfg.surrogate.labels)
-    train = labels[(labels["source"] == cfg.data.train) & labels["ok"].astype(bool)][target].astype(float).clip(upper=cap)
+    train = split_labels(cfg.surrogate.labels, cfg.data.train, target)[target]
     bins = np.linspace(0, cap, 26)
     ax.hist(train, bins=bins, density=True, alpha=0.4, label=f"training structures (n={len(train)})")
     ranked = read_table(out_dir / "ranked.csv")

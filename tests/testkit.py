@@ -49,9 +49,9 @@ def tiny_molecule_config(**sections):
 
 
 @contextlib.contextmanager
-def campaign_in(work, config_path):
-    """Run `discover` on a config file inside folder ``work`` (its own MLflow store there);
-    yield what the integration tests read: work, cfg, summary, uri."""
+def campaign_in(work, config_path, overrides=None):
+    """Run `discover` on a config file (with nested ``overrides``) inside folder ``work`` (its own
+    MLflow store there); yield what the integration tests read: work, cfg, summary, uri."""
     from design.config import load_config
     from flows.discover import discover
 
@@ -59,7 +59,7 @@ def campaign_in(work, config_path):
     old_uri = os.environ.pop("MLFLOW_TRACKING_URI", None)
     os.chdir(work)
     try:
-        cfg = load_config(config_path)
+        cfg = load_config(config_path, overrides)
         summary = discover(cfg.model_dump(mode="json"), str(work / "out"))
         yield {"work": work, "cfg": cfg, "summary": summary, "uri": f"sqlite:///{work / 'mlflow.db'}"}
     finally:

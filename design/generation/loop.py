@@ -50,12 +50,8 @@ def generate_round(generator: Generator, config: RunConfig, k: int, out_dir: Pat
     Gaussian also covers the encodings of the ``feedback`` objects (e.g. earlier rounds' verified hits)."""
     path = round_dir(out_dir, k) / "generated.csv.gz"
     t0 = time.time()
-    target, focus = config.generate.target, config.generate.prior_focus
-    if target and focus:
-        extra = generator.latent_means(feedback) if feedback else None
-        prior = generator.focused_prior(target, focus, extra)
-    else:
-        prior = generator.latent_prior
+    target = config.generate.target
+    prior = generator.prior_for(target, config.generate.prior_focus, feedback)
     batch = generator.sample(config.generate.n_per_round, seed=round_seed(config, k), target=target, prior=prior)
     cands = generator.candidates(batch, id_prefix=f"r{k:02d}-")
     write_table(to_table(cands, generator.domain, round_index=k), path)

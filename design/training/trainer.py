@@ -173,10 +173,6 @@ class Trainer:
         finally:
             self.model.train()
 
-    def fit_prior(self) -> GaussianPrior:
-        """Gaussian fitted to the posterior means of all training samples (see latent_prior.py)."""
-        return GaussianPrior.fit(self.latent_means())
-
     def _sample(self, raw):
         return self.model.generator.head.sample(raw, tau=self.config.train.gumbel_tau)
 
@@ -374,6 +370,7 @@ class Trainer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         cfg, tc = self.config, self.config.train
         self.faults = 0
+        self.last_means: torch.Tensor | None = None  # posterior means behind the latest fitted prior
         self.wall_before = 0.0
         start, history = self._try_resume()
         n = len(self.train_data)
@@ -403,7 +400,8 @@ class Trainer:
             row["skipped_steps"] = sums.get("skipped_steps", 0.0)
             row["faults"] = float(self.faults)
             row["lr_g"] = self.opt_g.param_groups[0]["lr"]
-            self.prior = self.fit_prior()
+            self.last_means = self.latent_means()
+            self.prior = GaussianPrior.fit(self.last_means)
             row.update(self.monitors())
             row["collapse_warning"] = float(row["mon_unique"] < tc.collapse_uniqueness)
             if row["collapse_warning"]:
@@ -426,7 +424,8 @@ class Trainer:
         final["train_info"]["wall_s"] = wall
         # posterior means and standardised properties of the training set: the generator API fits
         # target-focused priors from them (``generate.prior_focus``)
-        final["latent_bank"] = {"mu": self.latent_means().cpu(), "y": self.ystd_all.cpu()}
+        means = self.last_means if self.last_means is not None else self.latent_means()  # none: resumed at the end
+        final["latent_bank"] = {"mu": means.cpu(), "y": self.ystd_all.cpu()}
         path = save_checkpoint(self.workdir / FINAL_NAME, final)
         (self.workdir / RESUME_NAME).unlink(missing_ok=True)
         return TrainResult(path, history, wall, start)

@@ -4,16 +4,13 @@ surrogate, BVSE and CHGNet verification, fine-tuning, enrichment, MLflow."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from design.config import load_config
-
-from testkit import TRAIN
+from testkit import TRAIN, campaign_in
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
@@ -38,29 +35,19 @@ def labels(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loop(prefect_harness, labels, tmp_path_factory):
-    from flows.discover import discover
-
     work = tmp_path_factory.mktemp("closed-loop")
-    old_cwd = os.getcwd()
-    old_uri = os.environ.pop("MLFLOW_TRACKING_URI", None)
-    os.chdir(work)
-    try:
-        cfg = load_config(REPO / "configs" / "electrolyte-quick.yaml", {
-            "data": {"limit": 800, "property_table": str(work / "e_3d.csv")},
-            "train": {"epochs": 3},
-            "generate": {"rounds": 1, "n_per_round": 200, "prior_focus": 8},
-            "surrogate": {"labels": str(labels), "epochs": 15, "finetune_epochs": 2},
-            # the tiny generator makes few Li candidates: verify them whether or not bond valence assigns
-            # their oxidation states (the screen itself is unit-tested), so the oracle path always runs
-            "verify": {**SETTINGS, "top_k": 3, "final_top": 4, "baseline": 4, "reference_size": 16,
-                       "require_valences": False},
-        })
-        summary = discover(cfg.model_dump(mode="json"), str(work / "out"))
-        yield {"cfg": cfg, "summary": summary, "out": Path(summary["out_dir"]), "uri": f"sqlite:///{work / 'mlflow.db'}"}
-    finally:
-        os.chdir(old_cwd)
-        if old_uri is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = old_uri
+    overrides = {
+        "data": {"limit": 800, "property_table": str(work / "e_3d.csv")},
+        "train": {"epochs": 3},
+        "generate": {"rounds": 1, "n_per_round": 200, "prior_focus": 8},
+        "surrogate": {"labels": str(labels), "epochs": 15, "finetune_epochs": 2},
+        # the tiny generator makes few Li candidates: verify them whether or not bond valence assigns
+        # their oxidation states (the screen itself is unit-tested), so the oracle path always runs
+        "verify": {**SETTINGS, "top_k": 3, "final_top": 4, "baseline": 4, "reference_size": 16,
+                   "require_valences": False},
+    }
+    with campaign_in(work, REPO / "configs" / "electrolyte-quick.yaml", overrides) as run:
+        yield {**run, "out": Path(run["summary"]["out_dir"])}
 
 
 def test_round_files_and_metrics(loop):
