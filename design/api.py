@@ -77,6 +77,36 @@ class GeneratedBatch:
     scores: dict[str, torch.Tensor]
 
 
+TARGET_MARGIN_SIGMA = 3.0  # how far beyond the training range (in training std) a target may reach
+
+
+def standardised_target(target: dict[str, float], names: list[str], mean: list[float], std: list[float],
+                        low: list[float], high: list[float]) -> list[float]:
+    """Standardised condition values ``(value - mean) / std`` of a target (0 for properties it does
+    not name). Rejects, naming the value and the fix: a non-dict, an unknown property, a value that
+    is not a finite number, and an impossible target: one more than ``TARGET_MARGIN_SIGMA`` training
+    standard deviations outside the training range ``[low, high]``, which a generator conditioned
+    on the training data cannot reach."""
+    if not isinstance(target, dict):
+        raise TypeError(f"target must be a dict of property -> value or None, got {type(target).__name__}")
+    z = [0.0] * len(names)
+    for name, value in target.items():
+        if name not in names:
+            raise ValueError(f"unknown target property {name!r}; this generator knows {list(names)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"target {name}={value!r} must be a finite number")
+        j = names.index(name)
+        lo, hi = low[j] - TARGET_MARGIN_SIGMA * std[j], high[j] + TARGET_MARGIN_SIGMA * std[j]
+        if not lo <= value <= hi:
+            raise ValueError(
+                f"target {name}={value!r} is far outside the training data ({low[j]:.3g} to {high[j]:.3g}, "
+                f"std {std[j]:.3g}); a generator learnt from that data cannot reach it. "
+                f"Ask for a value between {lo:.3g} and {hi:.3g}"
+            )
+        z[j] = (float(value) - mean[j]) / std[j]
+    return z
+
+
 class Generator:
     """A trained VAE-GAN generator with its domain, ready to sample candidates."""
 
@@ -202,18 +232,11 @@ class Generator:
         return self.model.latent_dim
 
     def _standardised_target(self, target: dict[str, float]) -> torch.Tensor:
-        """[P] standardised values of the named target properties (others 0); validates the names."""
-        if not isinstance(target, dict):
-            raise TypeError(f"target must be a dict of property -> value or None, got {type(target).__name__}")
-        c = torch.zeros(len(self.property_names), device=self.device)
-        for name, value in target.items():
-            if name not in self.property_names:
-                raise ValueError(f"unknown target property {name!r}; this generator knows {self.property_names}")
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"target {name}={value!r} must be a finite number")
-            j = self.property_names.index(name)
-            c[j] = (float(value) - self.property_mean[j]) / self.property_std[j]
-        return c
+        """[P] standardised values of the named target properties (others 0); validates them."""
+        bank = self.condition_bank * self.property_std + self.property_mean  # training properties
+        z = standardised_target(target, self.property_names, self.property_mean.tolist(), self.property_std.tolist(),
+                                bank.min(0).values.tolist(), bank.max(0).values.tolist())
+        return torch.tensor(z, dtype=torch.float32, device=self.device)
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()

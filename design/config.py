@@ -240,10 +240,21 @@ class SurrogateSection(_Section):
     start: str | None = Field(None, description="an ensemble from `invdes surrogate` to start from (e.g. the "
                               "held-out-evaluated one); null trains one on all labels (cached)")
     members: int = Field(5, ge=1)
-    epochs: int = Field(150, ge=1, description="epochs of the initial training on all labels")
+    epochs: int = Field(30, ge=1, description="epochs of the initial training on all labels")
     finetune_epochs: int = Field(30, ge=1, description="epochs of fine-tuning after each round's verification")
     hidden: int = Field(64, ge=8)
     layers: int = Field(3, ge=1)
+    cutoff: float = Field(4.0, gt=0, description="graph radius, Angstrom")
+    element_features: bool = Field(True, description="node features from physical element properties "
+                                   "(property_models/descriptors.py) plus a learnt per-element part")
+    descriptors: bool = Field(True, description="feed the Li-environment descriptors (property_models/descriptors.py) "
+                              "to the readout")
+    log_target: bool = Field(True, description="learn the logarithm of the (positive) barrier")
+    val_fraction: float = Field(0.0, ge=0, lt=0.5, description="inner validation split for early stopping; 0 trains "
+                                "`epochs` epochs on all labels")
+    stability: bool = Field(False, description="judge every scored candidate with static CHGNet: column "
+                            "`stab_excess_percentile` (excess energy over the training crystals' reference, as a "
+                            "percentile of theirs; rankable, e.g. rank.property_goals.stab_excess_percentile: minimize)")
 
     @property
     def column(self) -> str:
@@ -317,6 +328,8 @@ class RunConfig(_Section):
     def _properties_known(self) -> RunConfig:
         props = set(self.data.properties)
         rankable = props | ({self.surrogate.column} if self.surrogate else set())
+        if self.surrogate is not None and self.surrogate.stability:
+            rankable.add("stab_excess_percentile")
         for where, keys, known in (
             ("generate.target", (self.generate.target or {}).keys(), props),
             ("rank.property_weights", self.rank.property_weights.keys(), rankable),
@@ -326,7 +339,8 @@ class RunConfig(_Section):
             if unknown:
                 raise ValueError(
                     f"{where} names {unknown}, which the model does not predict; "
-                    f"use one of {sorted(known)} (data.properties, or sur_<target> with a surrogate section)"
+                    f"use one of {sorted(known)} (data.properties, or sur_<target> with a surrogate section, "
+                    "stab_excess_percentile with surrogate.stability)"
                 )
         if self.verify is not None and self.surrogate is None:
             raise ValueError("a verify section needs a surrogate section (the model that ranks what is verified)")

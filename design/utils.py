@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import random
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,3 +57,59 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def ensemble_blob(fmt: str, version: int, config: Any, members: list[torch.nn.Module], **extra: Any) -> dict:
+    """What an ensemble file holds: its format tag and version, the (dataclass) config as a dict,
+    every member's weights on the CPU, and ``extra`` entries (scalings, info)."""
+    return {"format": fmt, "version": version, "config": dataclasses.asdict(config),
+            "members": [{k: v.cpu() for k, v in m.state_dict().items()} for m in members], **extra}
+
+
+def save_torch_file(blob: dict, path: str | Path) -> Path:
+    """``torch.save`` a dict of tensors, numbers and strings atomically (see :func:`atomic_path`)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(blob, tmp)
+    return path
+
+
+def load_torch_file(path: str | Path, fmt: str, what: str, hint: str) -> dict:
+    """Load a file written by :func:`save_torch_file` without unpickling code (``weights_only``);
+    a truncated, tampered or foreign file, or one whose ``format`` is not ``fmt``, is a
+    ``ValueError`` that names ``what`` it should be and the ``hint`` to fix it."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # truncated, tampered or not a torch file
+        raise ValueError(f"{path} is not a readable {what} file ({err}); {hint}") from None
+    if not isinstance(blob, dict) or blob.get("format") != fmt:
+        raise ValueError(f"{path} is not an {fmt} file; {hint}")
+    return blob
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (created if missing) for the block, so that
+    processes sharing a store or database take turns at a step that must not run twice at once.
+    ``on_wait`` is called once when another process holds the lock (before waiting for it).
+    Systems without ``fcntl`` get no lock."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

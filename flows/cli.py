@@ -10,6 +10,7 @@
     invdes label bvse --out data/labels/bvse_li.csv.gz [--workers 2] [--time-limit 60]
     invdes surrogate --labels data/labels/bvse_li.csv.gz --out runs/surrogate/bvse.pt --json metrics.json
     invdes conductivity --folds 5 [--group-by family] --json obelix_cv.json
+    invdes activity --target gsk3 [--members 5] [--epochs 30] [--out runs/activity/gsk3.pt] [--json metrics.json]
 """
 
 from __future__ import annotations
@@ -58,10 +59,19 @@ def _targets(pairs: list[str] | None) -> dict[str, float] | None:
     return out
 
 
+def _start_prefect() -> None:
+    """Start this process's Prefect API (safely beside other campaigns) once the arguments are known
+    to be good, just before the first flow call."""
+    from flows.prefect_api import start_local_api
+
+    start_local_api()
+
+
 def cmd_discover(args) -> int:
     from flows.discover import discover
 
     config = _config(args)
+    _start_prefect()
     summary = discover(config.model_dump(mode="json"), args.out)
     final = summary["rounds"][-1]
     print(json.dumps({k: summary[k] for k in ("run_id", "out_dir", "model_uri", "model_version", "ranked", "wall_s")}, indent=2))
@@ -77,6 +87,7 @@ def cmd_train(args) -> int:
     from flows.train import train_generator
 
     config = _config(args)
+    _start_prefect()
     path = train_generator(config.model_dump(mode="json"), force=args.force)
     print(path)
     return 0
@@ -115,6 +126,7 @@ def _bench_crystal(args) -> str:
     if args.track:
         from flows.bench import benchmark
 
+        _start_prefect()
         metrics = benchmark(args.model, args.n, args.seed, args.reference, args.json, args.w1_samples,
                             args.cov_samples, args.temperature, args.constrained)
     else:
@@ -137,6 +149,7 @@ def _bench_molecule(args) -> str:
     if args.track:
         from flows.bench import molecule_benchmark
 
+        _start_prefect()
         metrics = molecule_benchmark(args.model, args.n, args.seed, args.reference, args.json, options,
                                      args.temperature)
     else:
@@ -155,6 +168,7 @@ def cmd_ablate(args) -> int:
     from flows.ablation import ablation
 
     load_spec(args.spec)  # fail on a bad spec before Prefect starts
+    _start_prefect()
     result = ablation(args.spec, args.out)
     print(result["table"])
     print(f"\ntable written to {Path(args.out) / 'ablation.md'}")
@@ -165,6 +179,7 @@ def cmd_label(args) -> int:
     from flows.labels import run
 
     settings = {"time_limit_s": args.time_limit, "resolution": args.resolution, "encut": args.encut}
+    _start_prefect()
     prov = run(args.out, args.workers, sources=args.source, settings=settings, max_sites=args.max_sites)
     print(json.dumps(prov["counts"], indent=2))
     print(f"labels written to {args.out} (provenance beside it)")
@@ -175,8 +190,10 @@ def cmd_surrogate(args) -> int:
     from property_models.barriers import train_and_evaluate
     from property_models.surrogate import SurrogateConfig
 
-    cfg = SurrogateConfig(targets=args.target or ["e_3d"], members=args.members, epochs=args.epochs, seed=args.seed)
-    _, result = train_and_evaluate(args.labels, cfg, args.test_fraction, args.out)
+    cfg = SurrogateConfig(targets=args.target or ["e_3d"], members=args.members, epochs=args.epochs, seed=args.seed,
+                          cutoff=args.cutoff, descriptors=args.descriptors, log_target=args.log_target,
+                          element_features=args.element_features, val_fraction=args.val_fraction)
+    _, result = train_and_evaluate(args.labels, cfg, args.test_fraction, args.out, splits=args.splits)
     text = json.dumps(result, indent=2, default=str)
     print(text)
     if args.json:
@@ -195,6 +212,25 @@ def cmd_conductivity(args) -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(text)
+    return 0
+
+
+def cmd_activity(args) -> int:
+    from property_models.activity import evaluate, format_table
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    out = args.out or f"runs/activity/{args.target}.pt"
+    result = evaluate(args.target, args.members, args.epochs, args.seed, args.trees, args.hidden, args.layers,
+                      val_fraction=args.val_fraction, out=out)
+    print(format_table(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2, default=str))
+        print(f"metrics written to {args.json}")
+    print(f"ensemble written to {out}")
     return 0
 
 
@@ -268,9 +304,19 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--json", help="write the metrics here too")
     sg.add_argument("--target", action="append", help="label column (default e_3d); repeat for several")
     sg.add_argument("--members", type=int, default=5)
-    sg.add_argument("--epochs", type=int, default=150)
+    sg.add_argument("--epochs", type=int, default=30)
     sg.add_argument("--seed", type=int, default=0)
     sg.add_argument("--test-fraction", type=float, default=0.2, help="formulas held out for the metrics")
+    sg.add_argument("--splits", type=int, default=1, help="repeat the held-out split with this many seeds")
+    sg.add_argument("--cutoff", type=float, default=4.0, help="graph radius, Angstrom")
+    sg.add_argument("--element-features", action=argparse.BooleanOptionalAction, default=True,
+                    help="node features from physical element properties (plus a learnt per-element part)")
+    sg.add_argument("--descriptors", action=argparse.BooleanOptionalAction, default=True,
+                    help="feed the Li-environment descriptors to the readout")
+    sg.add_argument("--log-target", action=argparse.BooleanOptionalAction, default=True,
+                    help="learn the logarithm of the barrier")
+    sg.add_argument("--val-fraction", type=float, default=0.0,
+                    help="inner validation split for early stopping (0: train --epochs epochs on all)")
     sg.set_defaults(func=cmd_surrogate)
 
     cd = sub.add_parser("conductivity", help="OBELiX measured log10 conductivity from composition: grouped K-fold CV")
@@ -281,6 +327,21 @@ def build_parser() -> argparse.ArgumentParser:
     cd.add_argument("--seed", type=int, default=0)
     cd.add_argument("--json", help="write the metrics here too")
     cd.set_defaults(func=cmd_conductivity)
+
+    ac = sub.add_parser("activity", help="enzyme-inhibitor activity: GNN ensemble vs Morgan random forest, scaffold split")
+    ac.add_argument("--target", required=True, help="gsk3, jnk3 (classification) or bace (pIC50 regression)")
+    ac.add_argument("--members", type=int, default=5, help="ensemble members (default 5)")
+    ac.add_argument("--epochs", type=int, default=30, help="fixed epochs per member (default 30)")
+    ac.add_argument("--hidden", type=int, default=64)
+    ac.add_argument("--layers", type=int, default=3)
+    ac.add_argument("--trees", type=int, default=500, help="random-forest baseline trees (default 500)")
+    ac.add_argument("--val-fraction", type=float, default=0.0,
+                    help="scaffold validation part of train whose loss is recorded per epoch (default none)")
+    ac.add_argument("--seed", type=int, default=0)
+    ac.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    ac.add_argument("--out", help="where the ensemble is saved (default runs/activity/<target>.pt)")
+    ac.add_argument("--json", help="write the metrics here too")
+    ac.set_defaults(func=cmd_activity)
     return p
 
 

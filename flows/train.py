@@ -12,10 +12,11 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 
+from design.api import standardised_target
 from design.config import RunConfig, config_from_dict, generator_key, same_generator
 from design.training.checkpoint import CheckpointError, load_checkpoint
 from design.training.trainer import FINAL_NAME
-from design.utils import atomic_write_text
+from design.utils import atomic_write_text, file_lock
 
 
 def generator_dir(config: RunConfig) -> Path:
@@ -43,7 +44,11 @@ def featurise(config_data: dict) -> dict:
     config = config_from_dict(config_data)
     domain = build_domain(config)
     ds = training_set(domain, config)
-    return {"rows": len(ds), "skipped": ds.skipped}
+    y = ds.y
+    std = y.std(0).clamp(min=1e-6) if len(y) > 1 else y.new_ones(y.shape[1])
+    return {"rows": len(ds), "skipped": ds.skipped, "properties": list(ds.property_names),
+            "mean": y.mean(0).tolist(), "std": std.tolist(), "low": y.min(0).values.tolist(),
+            "high": y.max(0).values.tolist()}
 
 
 @task(name="train-vaegan", retries=1, retry_delay_seconds=5)
@@ -71,8 +76,18 @@ def train_generator(config: dict, force: bool = False) -> str:
             logger.info("reusing trained generator %s (config key %s)", cached, generator_key(cfg))
             return str(cached)
     workdir = generator_dir(cfg)
-    workdir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(workdir / "config.json", cfg.model_dump_json(indent=2))
-    summary = featurise(cfg.model_dump(mode="json"))
-    logger.info("training data: %d rows, skipped %s", summary["rows"], summary["skipped"])
-    return train_vaegan(cfg.model_dump(mode="json"), str(workdir))
+    # Two campaigns asking for the same untrained generator: the second waits, then reuses it.
+    with file_lock(workdir / "training.lock",
+                   on_wait=lambda: logger.info("another process is training generator %s; waiting for it",
+                                               generator_key(cfg))):
+        cached = None if force else cached_generator(cfg)
+        if cached is not None:
+            logger.info("reusing generator %s, trained meanwhile by another process", cached)
+            return str(cached)
+        atomic_write_text(workdir / "config.json", cfg.model_dump_json(indent=2))
+        summary = featurise(cfg.model_dump(mode="json"))
+        logger.info("training data: %d rows, skipped %s", summary["rows"], summary["skipped"])
+        if cfg.generate.target:  # an impossible target is an error before training, not after it
+            standardised_target(dict(cfg.generate.target), summary["properties"], summary["mean"], summary["std"],
+                                summary["low"], summary["high"])
+        return train_vaegan(cfg.model_dump(mode="json"), str(workdir))

@@ -96,7 +96,9 @@ def hit_threshold(labels: str | Path, train_relpath: str, target: str, quantile:
 def surrogate_config(cfg: RunConfig) -> SurrogateConfig:
     s = cfg.surrogate
     return SurrogateConfig(targets=[s.target], members=s.members, epochs=s.epochs, hidden=s.hidden, layers=s.layers,
-                           seed=cfg.seed, device=cfg.train.device)
+                           cutoff=s.cutoff, descriptors=s.descriptors, log_target=s.log_target,
+                           element_features=s.element_features, val_fraction=s.val_fraction, seed=cfg.seed,
+                           device=cfg.train.device)
 
 
 def initial_surrogate(cfg: RunConfig, root: str | Path) -> Path:
@@ -133,38 +135,60 @@ def _structures(table: pd.DataFrame) -> list:
     return [Structure.from_str(t, fmt="cif") for t in table[TEXT_COLUMN]]
 
 
+STABILITY_COLUMN = "stab_excess_percentile"  # CHGNet excess-energy percentile of every scored candidate
+
+
 def score_round(cfg: RunConfig, k: int, out_dir: Path, surrogate: str | Path) -> Path:
-    """``round_k/scored.csv.gz``: the round's accepted candidates with the surrogate's columns."""
+    """``round_k/scored.csv.gz``: the round's accepted candidates with the surrogate's columns and,
+    with ``surrogate.stability``, :data:`STABILITY_COLUMN` (static CHGNet, :class:`Stability`)."""
     rdir = round_dir(out_dir, k)
     table = read_table(rdir / "accepted.csv.gz")
     col = cfg.surrogate.column
     if len(table):
-        mean, std = predict(SurrogateEnsemble.load(surrogate, cfg.train.device), _structures(table))
+        structures = _structures(table)
+        mean, std = predict(SurrogateEnsemble.load(surrogate, cfg.train.device), structures)
         table[col], table[f"{col}_std"] = mean, std
+        if cfg.surrogate.stability:
+            # a structure CHGNet cannot evaluate ranks as the least stable
+            table[STABILITY_COLUMN] = Stability(cfg, out_dir)(structures)["chgnet_excess_percentile"].fillna(1.0).to_numpy()
     else:
         table[col], table[f"{col}_std"] = [], []
+        if cfg.surrogate.stability:
+            table[STABILITY_COLUMN] = []
     return write_table(table, rdir / "scored.csv.gz")
 
 
-# ---------------------------------------------------------------------------------- verification
-class Verifier:
-    """BVSE barriers (cached on disk) and, optionally, CHGNet energies judged against the training
-    crystals (the reference is fitted once and kept in ``<campaign>/stability_reference.json``)."""
+def scored_column(out_dir: Path, rounds: int, column: str) -> dict:
+    """id -> ``column`` of every round's scored candidates (what scoring computed once)."""
+    out: dict = {}
+    for k in range(rounds):
+        path = round_dir(out_dir, k) / "scored.csv.gz"
+        if path.is_file():
+            t = read_table(path)
+            if column in t:
+                out.update(zip(t["id"].astype(str), t[column], strict=True))
+    return out
 
-    def __init__(self, cfg: RunConfig, out_dir: Path):
-        v = cfg.verify
+
+# ---------------------------------------------------------------------------------- stability
+class Stability:
+    """CHGNet energies judged against the training crystals: the excess of a structure's energy per
+    atom over a per-element reference fitted to ``verify.reference_size`` training crystals, and its
+    percentile among theirs (1 = less stable than every sampled training crystal). The reference is
+    fitted once per campaign and kept in ``<campaign>/stability_reference.json``."""
+
+    def __init__(self, cfg: RunConfig, out_dir: Path, relax_steps: int = 0):
         self.cfg = cfg
-        self.oracle = BVSEOracle(cache_dir() / "bvse", BVSESettings(time_limit_s=v.time_limit_s, resolution=v.resolution), workers=v.workers)
-        self.cap = self.oracle.settings.encut
         self.out_dir = Path(out_dir)
+        self.relax_steps = relax_steps
         self._chgnet = None
         self._reference = None
 
-    def _energies(self):
+    def energies(self):
         if self._chgnet is None:
             from property_models.stability import CHGNetEnergies
 
-            self._chgnet = CHGNetEnergies(relax_steps=self.cfg.verify.relax_steps)
+            self._chgnet = CHGNetEnergies(relax_steps=self.relax_steps)
         return self._chgnet
 
     def reference(self):
@@ -182,16 +206,41 @@ class Verifier:
 
         structures = training_structures(build_domain(self.cfg), self.cfg)
         rng = np.random.default_rng(self.cfg.seed)
-        pick = rng.choice(len(structures), size=min(self.cfg.verify.reference_size, len(structures)), replace=False)
+        size = self.cfg.verify.reference_size if self.cfg.verify else 400
+        pick = rng.choice(len(structures), size=min(size, len(structures)), replace=False)
         sample = [structures[i] for i in sorted(pick)]
         t0 = time.perf_counter()
-        energies = [r.final_energy_per_atom if r.ok else math.nan for r in self._energies()(sample)]
+        energies = [r.final_energy_per_atom if r.ok else math.nan for r in self.energies()(sample)]
         self._reference = StabilityReference.fit(sample, energies)
         atomic_write_text(path, json.dumps({"mu": self._reference.mu,
                                             "excess_sorted": self._reference.excess_sorted.tolist(),
                                             "n": len(sample), "seconds": time.perf_counter() - t0}))
         log.info("CHGNet stability reference from %d training crystals (%.0f s)", len(sample), time.perf_counter() - t0)
         return self._reference
+
+    def __call__(self, structures: list) -> pd.DataFrame:
+        """Columns ``chgnet_ok``, ``chgnet_energy_per_atom``, ``chgnet_excess``,
+        ``chgnet_excess_percentile`` (NaN where CHGNet failed), one row per structure."""
+        results = self.energies()(structures)
+        e = np.array([r.final_energy_per_atom if r.ok else math.nan for r in results], dtype=float)
+        ref = self.reference()
+        excess = ref.excess(structures, e)
+        return pd.DataFrame({"chgnet_ok": [r.ok for r in results], "chgnet_energy_per_atom": e,
+                             "chgnet_excess": excess, "chgnet_excess_percentile": ref.percentile(excess)})
+
+
+# ---------------------------------------------------------------------------------- verification
+class Verifier:
+    """BVSE barriers (cached on disk) and, optionally, the CHGNet stability judgement
+    (:class:`Stability`, after ``verify.relax_steps`` of relaxation)."""
+
+    def __init__(self, cfg: RunConfig, out_dir: Path):
+        v = cfg.verify
+        self.cfg = cfg
+        self.oracle = BVSEOracle(cache_dir() / "bvse", BVSESettings(time_limit_s=v.time_limit_s, resolution=v.resolution), workers=v.workers)
+        self.cap = self.oracle.settings.encut
+        self.out_dir = Path(out_dir)
+        self.stability = Stability(cfg, out_dir, v.relax_steps)
 
     def __call__(self, ids: list[str], structures: list, label: str = "verify") -> pd.DataFrame:
         """One row per structure with the columns :data:`VERIFIED_COLUMNS`."""
@@ -202,13 +251,9 @@ class Verifier:
             "oracle_ok": [r.ok for r in res], "oracle_failure": [r.failure or "" for r in res],
         }).astype({"id": str, "ver_e_1d": float, "ver_e_2d": float, "ver_e_3d": float, "oracle_ok": bool})
         if self.cfg.verify.chgnet and structures:
-            energies = self._energies()(structures)
-            e = np.array([r.final_energy_per_atom if r.ok else math.nan for r in energies])
-            ref = self.reference()
-            excess = ref.excess(structures, e)
-            out["chgnet_ok"] = [r.ok for r in energies]
-            out["chgnet_energy_per_atom"], out["chgnet_excess"] = e, excess
-            out["chgnet_excess_percentile"] = ref.percentile(excess)
+            judged = self.stability(structures)
+            for c in judged.columns:
+                out[c] = judged[c].to_numpy()
         else:
             for c in VERIFIED_COLUMNS[6:]:
                 out[c] = np.nan if c != "chgnet_ok" else False
@@ -331,6 +376,8 @@ def final_ranking(cfg: RunConfig, rounds: int, out_dir: Path, surrogate: str | P
     col = cfg.surrogate.column
     mean, std = predict(SurrogateEnsemble.load(surrogate, cfg.train.device), _structures(accepted))
     accepted[col], accepted[f"{col}_std"] = mean, std
+    if cfg.surrogate.stability:
+        accepted[STABILITY_COLUMN] = accepted["id"].astype(str).map(scored_column(out_dir, rounds, STABILITY_COLUMN))
     ranked = rank_table(accepted, cfg.rank, cfg.generate.target)
     ver = verified_so_far(out_dir, rounds - 1)
     ranked["verified_in_round"] = ranked["id"].map(dict(zip(ver["id"], ver["round"], strict=True)))

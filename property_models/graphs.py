@@ -4,7 +4,8 @@ Nodes are sites (feature: atomic number); there is a directed edge i -> j for ev
 of site j within ``cutoff`` Angstrom of site i (pymatgen's neighbour list, so images across the
 cell boundary and several images of the same site are all edges). Edge feature: the distance.
 A site with no neighbour within the cutoff gets a self-loop at distance ``cutoff`` so that no node
-is isolated.
+is isolated. Graph feature ``u``: the Li-environment descriptors of
+:mod:`property_models.descriptors` (a surrogate configured with ``descriptors`` reads them).
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import torch
 from pymatgen.core import Structure
 from torch_geometric.data import Data
 
+from property_models.descriptors import li_environment
+
 DEFAULT_CUTOFF = 5.0  # Angstrom
 
 
 def structure_graph(structure: Structure, cutoff: float = DEFAULT_CUTOFF, y: list[float] | None = None) -> Data:
-    """One structure -> ``Data(z [N], edge_index [2, E], dist [E], y [1, T])``."""
+    """One structure -> ``Data(z [N], edge_index [2, E], dist [E], u [1, D], y [1, T])``."""
     if not cutoff > 0:
         raise ValueError(f"cutoff={cutoff} A must be > 0")
     if not structure.is_ordered:
@@ -33,7 +36,8 @@ def structure_graph(structure: Structure, cutoff: float = DEFAULT_CUTOFF, y: lis
         neighbor = np.concatenate([neighbor, lonely])
         dist = np.concatenate([dist, np.full(len(lonely), cutoff)])
     edge_index = torch.from_numpy(np.stack([neighbor, center]).astype(np.int64))  # source -> target
-    data = Data(z=z, edge_index=edge_index, dist=torch.from_numpy(dist.astype(np.float32)), num_nodes=len(z))
+    data = Data(z=z, edge_index=edge_index, dist=torch.from_numpy(dist.astype(np.float32)), num_nodes=len(z),
+                u=torch.from_numpy(li_environment(structure))[None])
     if y is not None:
         data.y = torch.tensor([y], dtype=torch.float32)
     return data

@@ -3,13 +3,16 @@
 Each member is a crystal graph network (torch-geometric ``CGConv`` layers over the periodic radius
 graph of :mod:`property_models.graphs`, Gaussian radial features of the distances). A structure's
 embedding is the mean over all sites concatenated with the mean over the sites of the *mobile*
-element (Li by default; the global mean where there is none), read out by an MLP. Members differ
-in their initialisation and batch order; the ensemble predicts their mean and, as its
-uncertainty, their standard deviation (Lakshminarayanan et al., 2017).
+element (Li by default; the global mean where there is none) and, with ``descriptors``, the
+standardised Li-environment descriptors of :mod:`property_models.descriptors`, read out by an MLP.
+Members differ in their initialisation and batch order; the ensemble predicts their mean and, as
+its uncertainty, their standard deviation (Lakshminarayanan et al., 2017).
 
-Targets are standardised per column; each member keeps the weights of its best epoch on an inner
-validation split of its training data (early stopping). Saved files are plain ``torch.save``
-dicts of tensors, numbers and strings that load with ``weights_only=True``.
+Targets are standardised per column, after a logarithm with ``log_target`` (barriers are positive
+and spread over decades; the members' predictions are averaged in physical units). With
+``val_fraction > 0`` each member keeps the weights of its best epoch on an inner validation split
+of its training data (early stopping); with 0 it trains ``epochs`` epochs on all of it. Saved files
+are plain ``torch.save`` dicts of tensors, numbers and strings that load with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import copy
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +32,9 @@ from torch_geometric.loader import DataLoader
 from torch_geometric.nn import CGConv
 from torch_geometric.utils import scatter
 
-from design.utils import atomic_path, resolve_device
+from design.utils import ensemble_blob, load_torch_file, resolve_device, save_torch_file
+from property_models.descriptors import NAMES as DESCRIPTOR_NAMES
+from property_models.descriptors import element_table
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +46,21 @@ N_Z = 100
 @dataclass
 class SurrogateConfig:
     targets: list[str] = field(default_factory=lambda: ["e_3d"])
-    cutoff: float = 5.0
+    cutoff: float = 4.0
     hidden: int = 64
     layers: int = 3
     n_rbf: int = 32
     mobile_z: int = 3  # Li
     members: int = 5
-    epochs: int = 150
+    epochs: int = 30
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 1e-5
-    val_fraction: float = 0.1
+    val_fraction: float = 0.0
     patience: int = 30
+    descriptors: bool = True
+    log_target: bool = True
+    element_features: bool = True
     seed: int = 0
     device: str = "auto"
 
@@ -63,8 +71,8 @@ class SurrogateConfig:
                 raise ValueError(f"surrogate {name}={v!r} must be an int >= 1")
         if not self.targets:
             raise ValueError("surrogate targets must name at least one column")
-        if not 0 < self.val_fraction < 0.5:
-            raise ValueError(f"val_fraction={self.val_fraction} must be in (0, 0.5)")
+        if not 0 <= self.val_fraction < 0.5:
+            raise ValueError(f"val_fraction={self.val_fraction} must be in [0, 0.5) (0: fixed epochs, no early stopping)")
         if not self.lr > 0 or not self.cutoff > 0:
             raise ValueError(f"lr={self.lr} and cutoff={self.cutoff} must be > 0")
 
@@ -80,21 +88,40 @@ class _RBF(nn.Module):
 
 
 class CrystalGraphNet(nn.Module):
-    """One ensemble member: embedding -> CGConv x layers -> (global mean, mobile-ion mean) -> MLP."""
+    """One ensemble member: embedding -> CGConv x layers -> (global mean, mobile-ion mean
+    [, standardised descriptors]) -> MLP."""
 
     def __init__(self, cfg: SurrogateConfig):
         super().__init__()
         self.mobile_z = cfg.mobile_z
+        self.descriptors = cfg.descriptors
         self.embed = nn.Embedding(N_Z, cfg.hidden)
+        self.element_features = cfg.element_features
+        if cfg.element_features:  # physics first: the learnt per-element part starts at zero
+            self.register_buffer("elements", torch.from_numpy(element_table(N_Z)))
+            self.element_proj = nn.Linear(self.elements.shape[1], cfg.hidden)
+            nn.init.zeros_(self.embed.weight)
         self.rbf = _RBF(cfg.n_rbf, cfg.cutoff)
         self.convs = nn.ModuleList(CGConv(cfg.hidden, dim=cfg.n_rbf, batch_norm=False) for _ in range(cfg.layers))
         self.norms = nn.ModuleList(nn.LayerNorm(cfg.hidden) for _ in range(cfg.layers))
+        n_u = len(DESCRIPTOR_NAMES) if cfg.descriptors else 0
+        self.register_buffer("u_mean", torch.zeros(n_u))
+        self.register_buffer("u_std", torch.ones(n_u))
         self.head = nn.Sequential(
-            nn.Linear(2 * cfg.hidden, cfg.hidden), nn.SiLU(), nn.Linear(cfg.hidden, len(cfg.targets))
+            nn.Linear(2 * cfg.hidden + n_u, cfg.hidden), nn.SiLU(), nn.Linear(cfg.hidden, len(cfg.targets))
         )
+
+    def fit_descriptor_scaling(self, graphs: list[Data]) -> None:
+        """Standardise the descriptors with the statistics of the training graphs."""
+        if self.descriptors:
+            u = torch.cat([g.u for g in graphs])
+            self.u_mean.copy_(u.mean(0))
+            self.u_std.copy_(u.std(0).clamp(min=1e-6))
 
     def forward(self, data: Data) -> torch.Tensor:
         h = self.embed(data.z)
+        if self.element_features:
+            h = h + self.element_proj(self.elements[data.z])
         e = self.rbf(data.dist)
         for conv, norm in zip(self.convs, self.norms, strict=True):
             h = norm(conv(h, data.edge_index, e))
@@ -105,7 +132,10 @@ class CrystalGraphNet(nn.Module):
         count = scatter(mobile, batch, dim=0, dim_size=n_graphs, reduce="sum")
         mean_mobile = scatter(h * mobile, batch, dim=0, dim_size=n_graphs, reduce="sum") / count.clamp(min=1)
         mean_mobile = torch.where(count > 0, mean_mobile, mean_all)
-        return self.head(torch.cat([mean_all, mean_mobile], dim=1))
+        parts = [mean_all, mean_mobile]
+        if self.descriptors:
+            parts.append((data.u - self.u_mean) / self.u_std)
+        return self.head(torch.cat(parts, dim=1))
 
 
 @dataclass
@@ -134,37 +164,21 @@ class SurrogateEnsemble:
         outs = []
         for m in self.members:
             parts = [m(b.to(self.device)).cpu() for b in DataLoader(graphs, batch_size=batch_size, shuffle=False)]
-            outs.append(torch.cat(parts) * self.std + self.mean)
+            outs.append(from_scaled(self.cfg, torch.cat(parts), self.mean, self.std))
         stack = torch.stack(outs)  # [M, N, T]
         return Prediction(stack.mean(0).numpy(), stack.std(0, unbiased=False).numpy())
 
     def save(self, path: str | Path) -> Path:
-        blob = {
-            "format": FORMAT,
-            "version": VERSION,
-            "config": asdict(self.cfg),
-            "members": [{k: v.cpu() for k, v in m.state_dict().items()} for m in self.members],
-            "target_mean": self.mean.cpu(),
-            "target_std": self.std.cpu(),
-            "info": self.info,
-        }
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            torch.save(blob, tmp)
-        return path
+        blob = ensemble_blob(FORMAT, VERSION, self.cfg, self.members, target_mean=self.mean.cpu(),
+                             target_std=self.std.cpu(), info=self.info)
+        return save_torch_file(blob, path)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto") -> SurrogateEnsemble:
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise
-        except Exception as err:  # truncated, tampered or not a torch file
-            raise ValueError(f"{path} is not a readable surrogate file ({err}); retrain with `invdes surrogate`") from None
-        if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-            raise ValueError(f"{path} is not an {FORMAT} file; retrain with `invdes surrogate`")
-        cfg = SurrogateConfig(**blob["config"])
+        blob = load_torch_file(path, FORMAT, "surrogate", "retrain with `invdes surrogate`")
+        # files from before these options existed were trained without them
+        cfg = SurrogateConfig(**{"descriptors": False, "log_target": False, "element_features": False,
+                                 **blob["config"]})
         dev = resolve_device(device)
         members = []
         for state in blob["members"]:
@@ -174,9 +188,44 @@ class SurrogateEnsemble:
         return cls(cfg, members, blob["target_mean"], blob["target_std"], blob.get("info", {}))
 
 
+def _transformed(cfg: SurrogateConfig, y: np.ndarray) -> torch.Tensor:
+    """Targets in the space the members learn (log with ``log_target``); checks they are usable."""
+    y = torch.as_tensor(np.asarray(y, dtype=np.float32))
+    if not torch.isfinite(y).all():
+        raise ValueError("surrogate targets must be finite; cap or drop infinite barriers first")
+    if cfg.log_target:
+        if (y <= 0).any():
+            raise ValueError(f"log_target needs positive targets; the smallest is {float(y.min()):.4g}. "
+                             "Set log_target false for this property")
+        y = torch.log(y)
+    return y
+
+
+def from_scaled(cfg: SurrogateConfig, out: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """A member's standardised output -> physical units."""
+    y = out * std + mean
+    return torch.exp(y) if cfg.log_target else y
+
+
+def _scaled_graphs(cfg: SurrogateConfig, graphs: list[Data], y: np.ndarray, mean: torch.Tensor | None = None,
+                   std: torch.Tensor | None = None) -> tuple[list[Data], torch.Tensor, torch.Tensor]:
+    """Copies of ``graphs`` carrying standardised (transformed) targets, and the scaling used
+    (fitted here unless given)."""
+    t = _transformed(cfg, np.asarray(y, dtype=np.float32).reshape(len(graphs), -1))
+    if mean is None:
+        mean = t.mean(0)
+        std = t.std(0, unbiased=False).clamp(min=1e-6)
+    scaled = [g.clone() for g in graphs]
+    for g, row in zip(scaled, (t - mean) / std, strict=True):
+        g.y = row[None]
+    return scaled, mean, std
+
+
 def _fit_member(cfg: SurrogateConfig, train: list[Data], val: list[Data], seed: int, device: torch.device) -> tuple[CrystalGraphNet, dict]:
     torch.manual_seed(seed)
-    model = CrystalGraphNet(cfg).to(device)
+    model = CrystalGraphNet(cfg)
+    model.fit_descriptor_scaling(train)
+    model = model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     gen = torch.Generator().manual_seed(seed)
@@ -192,6 +241,8 @@ def _fit_member(cfg: SurrogateConfig, train: list[Data], val: list[Data], seed: 
             nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
         sched.step()
+        if not val:  # fixed number of epochs
+            continue
         model.eval()
         with torch.no_grad():
             val_loss = float(sum(
@@ -204,6 +255,8 @@ def _fit_member(cfg: SurrogateConfig, train: list[Data], val: list[Data], seed: 
             stale += 1
             if stale >= cfg.patience:
                 break
+    if best_state is None:  # no validation split: the last epoch's weights
+        return model.eval(), {"best_epoch": epoch, "val_loss": None, "epochs_run": epoch + 1}
     model.load_state_dict(best_state)
     return model.eval(), {"best_epoch": best_epoch, "val_loss": best, "epochs_run": epoch + 1}
 
@@ -214,15 +267,10 @@ def finetune_ensemble(ens: SurrogateEnsemble, graphs: list[Data], y: np.ndarray,
     [N, T] (physical units), at ``lr_factor`` times the original learning rate, keeping the target
     scaling (so earlier and new predictions stay comparable). No early stopping: the new data is
     small and every point of it is wanted."""
-    y = np.asarray(y, dtype=np.float32).reshape(len(graphs), -1)
-    if not np.isfinite(y).all():
-        raise ValueError("fine-tuning targets must be finite; cap or drop infinite barriers first")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs={epochs!r} must be an int >= 1")
     cfg = ens.cfg
-    scaled = [g.clone() for g in graphs]
-    for g, row in zip(scaled, (torch.tensor(y) - ens.mean) / ens.std, strict=True):
-        g.y = row[None]
+    scaled, _, _ = _scaled_graphs(cfg, graphs, y, ens.mean, ens.std)
     start = time.perf_counter()
     members = []
     for k, member in enumerate(ens.members):
@@ -249,27 +297,24 @@ def train_ensemble(cfg: SurrogateConfig, graphs: list[Data], y: np.ndarray) -> S
     y = np.asarray(y, dtype=np.float32).reshape(len(graphs), -1)
     if y.shape[1] != len(cfg.targets):
         raise ValueError(f"y has {y.shape[1]} columns but the config names targets {cfg.targets}")
-    if not np.isfinite(y).all():
-        raise ValueError("training targets must be finite; cap or drop infinite barriers first")
     if len(graphs) < 10:
         raise ValueError(f"{len(graphs)} training structures are too few for a surrogate (need >= 10)")
     device = resolve_device(cfg.device)
-    mean = torch.tensor(y.mean(0))
-    std = torch.tensor(y.std(0)).clamp(min=1e-6)
-    scaled = [g.clone() for g in graphs]
-    for g, row in zip(scaled, (torch.tensor(y) - mean) / std, strict=True):
-        g.y = row[None]
+    scaled, mean, std = _scaled_graphs(cfg, graphs, y)
     rng = np.random.default_rng(cfg.seed)
     start = time.perf_counter()
     members, stats = [], []
     for k in range(cfg.members):
         order = rng.permutation(len(scaled))
-        n_val = max(1, int(round(cfg.val_fraction * len(scaled))))
+        n_val = int(round(cfg.val_fraction * len(scaled)))
+        if cfg.val_fraction > 0:
+            n_val = max(1, n_val)
         val, train = [scaled[i] for i in order[:n_val]], [scaled[i] for i in order[n_val:]]
         model, st = _fit_member(cfg, train, val, cfg.seed * 1000 + k, device)
         members.append(model)
         stats.append(st)
-        log.info("surrogate member %d/%d: best epoch %d, inner-val loss %.4f (%.0f s so far)", k + 1, cfg.members,
-                 st["best_epoch"], st["val_loss"], time.perf_counter() - start)
+        log.info("surrogate member %d/%d: kept epoch %d, inner-val loss %s (%.0f s so far)", k + 1, cfg.members,
+                 st["best_epoch"], "-" if st["val_loss"] is None else f"{st['val_loss']:.4f}",
+                 time.perf_counter() - start)
     info = {"n_train": len(graphs), "members": stats, "wall_s": time.perf_counter() - start, "device": str(device)}
     return SurrogateEnsemble(cfg, members, mean, std, info)

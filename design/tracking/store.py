@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from design.utils import file_lock
+
 log = logging.getLogger(__name__)
 
 MODEL_CODE = Path(__file__).with_name("generator_model.py")
@@ -35,23 +37,13 @@ def tracking_uri(configured: str | None = None) -> str:
 def _sqlite_lock(uri: str):
     """Hold an exclusive lock file beside an SQLite store while it is opened: the first opening
     creates and migrates its tables, and two processes doing that at once collide ("duplicate
-    column name"). Other stores, or systems without ``fcntl``, need no lock."""
+    column name"). Other stores need no lock."""
     if not uri.startswith("sqlite:///"):
         yield
         return
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
     db = Path(uri[len("sqlite:///") :])
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".lock"), "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with file_lock(db.with_name(db.name + ".lock")):
+        yield
 
 
 def setup(configured_uri: str | None, experiment: str) -> str:

@@ -49,6 +49,8 @@ def test_target_conditioning_changes_samples(gen):
         ({"n": 2, "target": {"band_gap": 1.0}}, ValueError, "unknown target property 'band_gap'"),
         ({"n": 2, "target": {"formation_energy_per_atom": float("nan")}}, ValueError, "finite"),
         ({"n": 2, "target": [1.0]}, TypeError, "dict"),
+        ({"n": 2, "target": {"formation_energy_per_atom": -500.0}}, ValueError,
+         r"-500.0 is far outside the training data .* Ask for a value between"),
         ({"n": 2, "temperature": 0.0}, ValueError, "temperature"),
     ],
 )
@@ -173,3 +175,18 @@ def test_latent_means_of_generated_structures(gen):
     mu = gen.latent_means([c.structure for c in cands])
     assert mu.shape == (4, gen.latent_dim) and torch.isfinite(mu).all()
     assert gen.latent_means([]).shape == (0, gen.latent_dim)
+
+
+def test_impossible_target_is_named_with_the_reachable_range():
+    from design.api import TARGET_MARGIN_SIGMA, standardised_target
+
+    names, mean, std, low, high = ["a", "b"], [1.0, 4.5], [0.5, 0.6], [0.0, 0.1], [2.0, 5.0]
+    assert standardised_target({"a": 2.0}, names, mean, std, low, high) == [2.0, 0.0]
+    # a skewed property (most training values at 5, a few near 0.1): a low target is far from the
+    # mean in std units but inside the training range, so it is allowed
+    assert standardised_target({"b": 0.3}, names, mean, std, low, high)[1] == pytest.approx(-7.0)
+    edge = high[0] + TARGET_MARGIN_SIGMA * std[0]
+    assert standardised_target({"a": edge}, names, mean, std, low, high)[0] == pytest.approx(5.0)
+    with pytest.raises(ValueError, match=r"target a=3.6 is far outside the training data \(0 to 2, std 0.5\).*"
+                                         r"between -1.5 and 3.5"):
+        standardised_target({"a": 3.6}, names, mean, std, low, high)

@@ -33,7 +33,8 @@ def fitted(real_structures):
     structures = real_structures[:30]
     y = np.array([[s.volume / len(s)] for s in structures], dtype=np.float32)  # learnable from geometry
     cfg = SurrogateConfig(targets=["vpa"], hidden=32, layers=2, members=2, epochs=150, patience=150, batch_size=8,
-                          lr=3e-3, val_fraction=0.1)
+                          lr=3e-3, val_fraction=0.1, cutoff=5.0, descriptors=False, log_target=False,
+                          element_features=False)  # the first model: graph only, early stopping
     graphs = [structure_graph(s, cfg.cutoff) for s in structures]
     return cfg, graphs, y, train_ensemble(cfg, graphs, y)
 
@@ -86,3 +87,94 @@ def test_element_mean_baseline():
     base = element_mean_baseline([li2o, lif], np.array([[1.0], [3.0]]), [naf, li2o])
     # NaF: Na unseen, F seen once (3.0); Li2O: Li mean 2.0, O 1.0 -> 1.5
     np.testing.assert_allclose(base[:, 0], [3.0, 1.5])
+
+
+def test_li_environment_descriptors_of_li2o():
+    from property_models.descriptors import NAMES, li_environment
+
+    a = 4.62  # antifluorite Li2O: Li in O tetrahedra at a*sqrt(3)/4, Li-Li a/2
+    frac_li = [[x, y, z] for x in (0.25, 0.75) for y in (0.25, 0.75) for z in (0.25, 0.75)]
+    frac_o = [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]
+    li2o = Structure(Lattice.cubic(a), ["Li"] * 8 + ["O"] * 4, frac_li + frac_o)
+    d = dict(zip(NAMES, li_environment(li2o), strict=True))
+    assert d["li_anion_dist_min"] == pytest.approx(a * np.sqrt(3) / 4, abs=1e-3)
+    assert d["li_li_dist_min"] == pytest.approx(a / 2, abs=1e-3)
+    assert d["li_anion_cn_mean"] == 4 and d["anion_z"] == 8 and d["n_elements"] == 2
+    assert d["li_fraction"] == pytest.approx(2 / 3) and d["volume_per_anion"] == pytest.approx(a**3 / 4, rel=1e-4)
+    assert d["li_cation_dist_mean"] == 6.0  # no framework cation within the radius
+    assert structure_graph(li2o, 4.0).u.shape == (1, len(NAMES))
+    no_li = li_environment(Structure(Lattice.cubic(4.0), ["Na", "F"], [[0, 0, 0], [0.5, 0.5, 0.5]]))
+    assert no_li[0] == 0 and np.isfinite(no_li).all()
+
+
+@pytest.fixture(scope="module")
+def fitted_physics(real_structures):
+    """Descriptors in the readout, log target, fixed epochs (no inner validation)."""
+    structures = real_structures[:30]
+    y = np.array([[s.volume / len(s)] for s in structures], dtype=np.float32)
+    cfg = SurrogateConfig(targets=["vpa"], hidden=32, layers=2, members=2, epochs=60, batch_size=8, lr=3e-3,
+                          val_fraction=0.0, descriptors=True, log_target=True, element_features=True)
+    graphs = [structure_graph(s, cfg.cutoff) for s in structures]
+    return cfg, graphs, y, train_ensemble(cfg, graphs, y)
+
+
+def test_descriptor_log_target_ensemble_fits_and_predicts_physical_units(fitted_physics, tmp_path):
+    cfg, graphs, y, ens = fitted_physics
+    pred = ens.predict(graphs)
+    assert spearmanr(pred.mean[:, 0], y[:, 0]).statistic > 0.9
+    assert np.abs(pred.mean - y).mean() < 0.25 * y.mean()  # physical units, not log units
+    assert all(st["epochs_run"] == cfg.epochs and st["val_loss"] is None for st in ens.info["members"])
+    member = ens.members[0]
+    assert member.u_mean.shape == (15,) and float(member.u_std.min()) > 0  # fitted descriptor scaling
+    back = SurrogateEnsemble.load(ens.save(tmp_path / "p.pt"))
+    np.testing.assert_allclose(back.predict(graphs[:4]).mean, ens.predict(graphs[:4]).mean, rtol=1e-5)
+    with pytest.raises(ValueError, match="log_target needs positive targets"):
+        train_ensemble(cfg, graphs, -y)
+
+
+def test_files_from_before_the_physics_options_still_load(fitted, tmp_path):
+    _, graphs, _, ens = fitted
+    path = ens.save(tmp_path / "old.pt")
+    blob = torch.load(path, weights_only=True)
+    for key in ("descriptors", "log_target", "element_features"):
+        del blob["config"][key]
+    torch.save(blob, path)
+    back = SurrogateEnsemble.load(path)
+    assert not back.cfg.descriptors and not back.cfg.log_target and not back.cfg.element_features
+    np.testing.assert_allclose(back.predict(graphs[:3]).mean, ens.predict(graphs[:3]).mean, rtol=1e-5)
+
+
+def test_repeated_split_evaluation_reports_each_split_and_baselines(real_structures, tmp_path):
+    import pandas as pd
+
+    from property_models.barriers import train_and_evaluate
+
+    structures = real_structures[:40]
+    from property_models.labels import COLUMNS
+
+    rows = [{"source": "x", "id": f"m{i}", "formula": s.composition.reduced_formula, "ok": True,
+             "e_3d": s.volume / len(s) / 10, "cif": s.to(fmt="cif")} for i, s in enumerate(structures)]
+    table = pd.DataFrame([{c: r.get(c, "") for c in COLUMNS} for r in rows])
+    labels = tmp_path / "labels.csv"
+    table.to_csv(labels, index=False)
+    cfg = SurrogateConfig(hidden=16, layers=1, n_rbf=8, cutoff=4.0, members=1, epochs=3, val_fraction=0.0,
+                          descriptors=True, log_target=True)
+    _, res = train_and_evaluate(labels, cfg, 0.25, tmp_path / "s.pt", splits=2)
+    assert res["splits"] == 2 and [r["seed"] for r in res["per_split"]] == [0, 1]
+    assert res["e_3d_spearman"] == pytest.approx(np.mean([r["e_3d_spearman"] for r in res["per_split"]]))
+    for key in ("e_3d_spearman_sd", "e_3d_baseline_spearman", "e_3d_spearman_forest", "e_3d_mae_forest"):
+        assert np.isfinite(res[key]), key
+    saved = SurrogateEnsemble.load(tmp_path / "s.pt")
+    assert saved.info["evaluation"]["first_split"]["seed"] == 0
+    with pytest.raises(ValueError, match="splits"):
+        train_and_evaluate(labels, cfg, 0.25, None, splits=0)
+
+
+def test_element_table_orders_elements_physically():
+    from property_models.descriptors import ELEMENT_FEATURES, element_table
+
+    t = element_table()
+    assert t.shape == (100, len(ELEMENT_FEATURES)) and np.isfinite(t).all()
+    x = ELEMENT_FEATURES.index("electronegativity")
+    assert t[9, x] > t[8, x] > t[3, x]  # F > O > Li
+    assert np.abs(t[1:].mean(0)).max() < 0.2  # standardised over the elements
