@@ -253,8 +253,8 @@ class SurrogateSection(_Section):
     val_fraction: float = Field(0.0, ge=0, lt=0.5, description="inner validation split for early stopping; 0 trains "
                                 "`epochs` epochs on all labels")
     stability: bool = Field(False, description="judge every scored candidate with static CHGNet: column "
-                            "`stab_excess_percentile` (excess energy over the training crystals' reference, as a "
-                            "percentile of theirs; rankable, e.g. rank.property_goals.stab_excess_percentile: minimize)")
+                            "`stab_excess` (energy per atom above a per-element reference fitted to training "
+                            "crystals, eV/atom; rankable, e.g. rank.property_goals.stab_excess: minimize)")
 
     @property
     def column(self) -> str:
@@ -329,7 +329,7 @@ class RunConfig(_Section):
         props = set(self.data.properties)
         rankable = props | ({self.surrogate.column} if self.surrogate else set())
         if self.surrogate is not None and self.surrogate.stability:
-            rankable.add("stab_excess_percentile")
+            rankable.add("stab_excess")
         for where, keys, known in (
             ("generate.target", (self.generate.target or {}).keys(), props),
             ("rank.property_weights", self.rank.property_weights.keys(), rankable),
@@ -340,7 +340,7 @@ class RunConfig(_Section):
                 raise ValueError(
                     f"{where} names {unknown}, which the model does not predict; "
                     f"use one of {sorted(known)} (data.properties, or sur_<target> with a surrogate section, "
-                    "stab_excess_percentile with surrogate.stability)"
+                    "stab_excess with surrogate.stability)"
                 )
         if self.verify is not None and self.surrogate is None:
             raise ValueError("a verify section needs a surrogate section (the model that ranks what is verified)")

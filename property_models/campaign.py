@@ -135,7 +135,11 @@ def _structures(table: pd.DataFrame) -> list:
     return [Structure.from_str(t, fmt="cif") for t in table[TEXT_COLUMN]]
 
 
-STABILITY_COLUMN = "stab_excess_percentile"  # CHGNet excess-energy percentile of every scored candidate
+# CHGNet energy per atom above the training crystals' per-element reference (eV/atom), of every scored
+# candidate. Not the percentile: measured, nearly every generated crystal lies above all training
+# crystals (percentile 1.0 for the median candidate), so only the raw excess still orders them.
+STABILITY_COLUMN = "stab_excess"
+UNSTABLE_FILL = 10.0  # eV/atom for a structure CHGNet cannot evaluate: ranks as the least stable
 
 
 def score_round(cfg: RunConfig, k: int, out_dir: Path, surrogate: str | Path) -> Path:
@@ -149,8 +153,7 @@ def score_round(cfg: RunConfig, k: int, out_dir: Path, surrogate: str | Path) ->
         mean, std = predict(SurrogateEnsemble.load(surrogate, cfg.train.device), structures)
         table[col], table[f"{col}_std"] = mean, std
         if cfg.surrogate.stability:
-            # a structure CHGNet cannot evaluate ranks as the least stable
-            table[STABILITY_COLUMN] = Stability(cfg, out_dir)(structures)["chgnet_excess_percentile"].fillna(1.0).to_numpy()
+            table[STABILITY_COLUMN] = Stability(cfg, out_dir)(structures)["chgnet_excess"].fillna(UNSTABLE_FILL).to_numpy()
     else:
         table[col], table[f"{col}_std"] = [], []
         if cfg.surrogate.stability:
