@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 FORMAT = "invdes-surrogate"
 VERSION = 1
 N_Z = 100
+OUTPUT_SIGMA = 6.0  # a member's output is held within this many target std of the training mean
+DESCRIPTOR_SIGMA = 10.0  # standardised descriptors are clipped here (far-out structures do not blow up)
 
 
 @dataclass
@@ -134,7 +136,7 @@ class CrystalGraphNet(nn.Module):
         mean_mobile = torch.where(count > 0, mean_mobile, mean_all)
         parts = [mean_all, mean_mobile]
         if self.descriptors:
-            parts.append((data.u - self.u_mean) / self.u_std)
+            parts.append(((data.u - self.u_mean) / self.u_std).clamp(-DESCRIPTOR_SIGMA, DESCRIPTOR_SIGMA))
         return self.head(torch.cat(parts, dim=1))
 
 
@@ -202,8 +204,10 @@ def _transformed(cfg: SurrogateConfig, y: np.ndarray) -> torch.Tensor:
 
 
 def from_scaled(cfg: SurrogateConfig, out: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """A member's standardised output -> physical units."""
-    y = out * std + mean
+    """A member's standardised output -> physical units. The output is clipped to
+    +-``OUTPUT_SIGMA``: a structure far outside the training data (a generated one can be) gets a
+    large but finite prediction, never an overflow of the logarithm's inverse."""
+    y = out.clamp(-OUTPUT_SIGMA, OUTPUT_SIGMA) * std + mean
     return torch.exp(y) if cfg.log_target else y
 
 

@@ -130,6 +130,10 @@ def test_descriptor_log_target_ensemble_fits_and_predicts_physical_units(fitted_
     np.testing.assert_allclose(back.predict(graphs[:4]).mean, ens.predict(graphs[:4]).mean, rtol=1e-5)
     with pytest.raises(ValueError, match="log_target needs positive targets"):
         train_ensemble(cfg, graphs, -y)
+    absurd = graphs[0].clone()
+    absurd.u = torch.full_like(absurd.u, 1e9)  # far outside anything trained on (a generated crystal can be)
+    far = ens.predict([absurd])
+    assert np.isfinite(far.mean).all() and np.isfinite(far.std).all()
 
 
 def test_files_from_before_the_physics_options_still_load(fitted, tmp_path):
