@@ -252,9 +252,10 @@ class SurrogateSection(_Section):
     log_target: bool = Field(True, description="learn the logarithm of the (positive) barrier")
     val_fraction: float = Field(0.0, ge=0, lt=0.5, description="inner validation split for early stopping; 0 trains "
                                 "`epochs` epochs on all labels")
-    stability: bool = Field(False, description="judge every scored candidate with static CHGNet: column "
+    stability: bool = Field(False, description="judge every scored candidate with static CHGNet: columns "
                             "`stab_excess` (energy per atom above a per-element reference fitted to training "
-                            "crystals, eV/atom; rankable, e.g. rank.property_goals.stab_excess: minimize)")
+                            "crystals, eV/atom) and `stab_excess_percentile` (its percentile among the training "
+                            "crystals'); both rankable, e.g. rank.property_goals.stab_excess_percentile: minimize")
 
     @property
     def column(self) -> str:
@@ -329,7 +330,7 @@ class RunConfig(_Section):
         props = set(self.data.properties)
         rankable = props | ({self.surrogate.column} if self.surrogate else set())
         if self.surrogate is not None and self.surrogate.stability:
-            rankable.add("stab_excess")
+            rankable |= {"stab_excess", "stab_excess_percentile"}
         for where, keys, known in (
             ("generate.target", (self.generate.target or {}).keys(), props),
             ("rank.property_weights", self.rank.property_weights.keys(), rankable),
@@ -340,7 +341,7 @@ class RunConfig(_Section):
                 raise ValueError(
                     f"{where} names {unknown}, which the model does not predict; "
                     f"use one of {sorted(known)} (data.properties, or sur_<target> with a surrogate section, "
-                    "stab_excess with surrogate.stability)"
+                    "stab_excess[_percentile] with surrogate.stability)"
                 )
         if self.verify is not None and self.surrogate is None:
             raise ValueError("a verify section needs a surrogate section (the model that ranks what is verified)")

@@ -66,6 +66,7 @@ def test_round_files_and_metrics(loop):
     assert set(verified["id"]) <= set(scored["id"])
     assert (scored["sur_e_3d_std"] >= 0).all()
     assert np.isfinite(scored["stab_excess"]).all()  # surrogate.stability: CHGNet on every candidate
+    assert scored["stab_excess_percentile"].between(0, 1).all()
     table = pd.read_csv(out.parent / "e_3d.csv")  # the generator's property table, from the labels
     assert set(table.columns) == {"material_id", "e_3d"} and table["e_3d"].between(0, 5.0).all()
 
@@ -74,9 +75,9 @@ def test_final_ranking_and_enrichment(loop):
     out, closing = loop["out"], loop["summary"]["closed_loop"]
     ranked = pd.read_csv(out / "ranked.csv")
     assert len(ranked) == closing["ranked"] > 0
-    assert {"sur_e_3d", "sur_e_3d_std", "stab_excess", "pareto", "ver_e_3d",
+    assert {"sur_e_3d", "sur_e_3d_std", "stab_excess", "stab_excess_percentile", "pareto", "ver_e_3d",
             "verified_in_round"} <= set(ranked.columns)
-    assert ranked["stab_excess"].notna().all()  # carried over from scoring, not recomputed
+    assert ranked[["stab_excess", "stab_excess_percentile"]].notna().all().all()  # carried over from scoring, not recomputed
     assert ranked["score"].is_monotonic_decreasing and ranked["pareto"].any()
     enrich = json.loads((out / "enrichment.json").read_text())
     assert enrich["top"]["n"] == min(4, len(ranked)) and enrich["top_screened"] == enrich["top"]["n"]
