@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -26,9 +27,8 @@ from pymatgen.core import Structure
 from scipy.stats import spearmanr
 from torch_geometric.data import Data
 
-from property_models.graphs import structure_graph
 from property_models.labels import oracle_cap, read_labels
-from property_models.surrogate import SurrogateConfig, SurrogateEnsemble, train_ensemble
+from property_models.surrogate import SurrogateConfig, SurrogateEnsemble, graphs_for, train_ensemble
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def descriptor_forest_baseline(train: list[Data], y_train: np.ndarray, test: lis
 def _evaluate_split(df: pd.DataFrame, graphs: list[Data], y: np.ndarray, cfg: SurrogateConfig, test_fraction: float,
                     seed: int) -> tuple[SurrogateEnsemble, dict]:
     train_idx, test_idx = group_split(df["formula"].tolist(), test_fraction, seed)
-    split_cfg = SurrogateConfig(**{**vars(cfg), "seed": seed})
+    split_cfg = dataclasses.replace(cfg, seed=seed)
     ens = train_ensemble(split_cfg, [graphs[i] for i in train_idx], y[train_idx])
     pred = ens.predict([graphs[i] for i in test_idx])
     structures = df["structure"].tolist()
@@ -149,7 +149,7 @@ def train_and_evaluate(labels: str | Path, cfg: SurrogateConfig, test_fraction: 
     if isinstance(splits, bool) or not isinstance(splits, int) or splits < 1:
         raise ValueError(f"splits={splits!r} must be an int >= 1")
     df = load_labelled(labels, cfg.targets)
-    graphs = [structure_graph(s, cfg.cutoff) for s in df["structure"]]
+    graphs = graphs_for(cfg, df["structure"].tolist())
     y = df[cfg.targets].to_numpy(dtype=np.float32)
     first, per_split = None, []
     for k in range(splits):

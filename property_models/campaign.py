@@ -41,9 +41,14 @@ from design.generation.tables import TEXT_COLUMN, read_table, write_table
 from design.utils import atomic_write_text
 from property_models.barriers import load_labelled, spearman
 from property_models.bvse import BVSEOracle, BVSESettings
-from property_models.graphs import structure_graph
 from property_models.labels import mentions_element, oracle_cap
-from property_models.surrogate import SurrogateConfig, SurrogateEnsemble, finetune_ensemble, train_ensemble
+from property_models.surrogate import (
+    SurrogateConfig,
+    SurrogateEnsemble,
+    finetune_ensemble,
+    graphs_for,
+    train_ensemble,
+)
 
 log = logging.getLogger(__name__)
 
@@ -118,14 +123,14 @@ def initial_surrogate(cfg: RunConfig, root: str | Path) -> Path:
         log.info("reusing surrogate %s", path)
         return path
     df = load_labelled(cfg.surrogate.labels, scfg.targets, oracle_cap(cfg.surrogate.labels))
-    graphs = [structure_graph(s, scfg.cutoff) for s in df["structure"]]
+    graphs = graphs_for(scfg, df["structure"].tolist())
     ens = train_ensemble(scfg, graphs, df[scfg.targets].to_numpy(dtype=np.float32))
     return ens.save(path)
 
 
 def predict(ens: SurrogateEnsemble, structures: list) -> tuple[np.ndarray, np.ndarray]:
     """Mean and spread [N] of the ensemble's first target for pymatgen structures."""
-    pred = ens.predict([structure_graph(s, ens.cfg.cutoff) for s in structures])
+    pred = ens.predict(graphs_for(ens.cfg, structures))
     return pred.mean[:, 0], pred.std[:, 0]
 
 
@@ -370,7 +375,7 @@ def learn_round(cfg: RunConfig, k: int, out_dir: Path, surrogate: str | Path, ca
     structures = [*replay["structure"], *_structures(ver)]
     y = np.concatenate([replay[cfg.surrogate.target].to_numpy(dtype=float),
                         ver[f"ver_{cfg.surrogate.target}"].astype(float).clip(upper=cap).to_numpy()])
-    graphs = [structure_graph(s, scfg.cutoff) for s in structures]
+    graphs = graphs_for(ens.cfg, structures)  # the graphs the tuned model reads (surrogate.start may differ)
     tuned = finetune_ensemble(ens, graphs, y[:, None], cfg.surrogate.finetune_epochs, seed=cfg.seed + k)
     return tuned.save(round_dir(out_dir, k) / "surrogate.pt")
 

@@ -20,8 +20,10 @@ from property_models.descriptors import li_environment
 DEFAULT_CUTOFF = 5.0  # Angstrom
 
 
-def structure_graph(structure: Structure, cutoff: float = DEFAULT_CUTOFF, y: list[float] | None = None) -> Data:
-    """One structure -> ``Data(z [N], edge_index [2, E], dist [E], u [1, D], y [1, T])``."""
+def structure_graph(structure: Structure, cutoff: float = DEFAULT_CUTOFF, y: list[float] | None = None,
+                    descriptors: bool = True) -> Data:
+    """One structure -> ``Data(z [N], edge_index [2, E], dist [E], u [1, D], y [1, T])``; ``u`` only
+    with ``descriptors`` (a second neighbour search, skipped for models that do not read it)."""
     if not cutoff > 0:
         raise ValueError(f"cutoff={cutoff} A must be > 0")
     if not structure.is_ordered:
@@ -36,8 +38,9 @@ def structure_graph(structure: Structure, cutoff: float = DEFAULT_CUTOFF, y: lis
         neighbor = np.concatenate([neighbor, lonely])
         dist = np.concatenate([dist, np.full(len(lonely), cutoff)])
     edge_index = torch.from_numpy(np.stack([neighbor, center]).astype(np.int64))  # source -> target
-    data = Data(z=z, edge_index=edge_index, dist=torch.from_numpy(dist.astype(np.float32)), num_nodes=len(z),
-                u=torch.from_numpy(li_environment(structure))[None])
+    data = Data(z=z, edge_index=edge_index, dist=torch.from_numpy(dist.astype(np.float32)), num_nodes=len(z))
+    if descriptors:
+        data.u = torch.from_numpy(li_environment(structure))[None]
     if y is not None:
         data.y = torch.tensor([y], dtype=torch.float32)
     return data

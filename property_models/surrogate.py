@@ -35,6 +35,7 @@ from torch_geometric.utils import scatter
 from design.utils import ensemble_blob, load_torch_file, resolve_device, save_torch_file
 from property_models.descriptors import NAMES as DESCRIPTOR_NAMES
 from property_models.descriptors import element_table
+from property_models.graphs import structure_graph
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +189,11 @@ class SurrogateEnsemble:
             m.load_state_dict(state)
             members.append(m.to(dev))
         return cls(cfg, members, blob["target_mean"], blob["target_std"], blob.get("info", {}))
+
+
+def graphs_for(cfg: SurrogateConfig, structures: list) -> list[Data]:
+    """The graphs a surrogate of ``cfg`` reads (its cutoff; descriptors only when it uses them)."""
+    return [structure_graph(s, cfg.cutoff, descriptors=cfg.descriptors) for s in structures]
 
 
 def _transformed(cfg: SurrogateConfig, y: np.ndarray) -> torch.Tensor:
