@@ -11,6 +11,8 @@
     invdes surrogate --labels data/labels/bvse_li.csv.gz --out runs/surrogate/bvse.pt --json metrics.json
     invdes conductivity --folds 5 [--group-by family] --json obelix_cv.json
     invdes activity --target gsk3 [--members 5] [--epochs 30] [--out runs/activity/gsk3.pt] [--json metrics.json]
+    invdes robust crystal --pool runs/electrolyte --out runs/robust/crystal [--labels ...] [--epsilon 0.05]
+    invdes robust molecule --target gsk3 --pool runs/molecule --out runs/robust/gsk3
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from design.config import ConfigError, RunConfig, load_config
+from flows.prefect_api import STARTUP_TIMEOUT_S
 
 
 def _overrides(pairs: list[str]) -> dict:
@@ -234,6 +237,44 @@ def cmd_activity(args) -> int:
     return 0
 
 
+def _budgets(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--budgets {text!r} must be comma-separated numbers, e.g. 0,0.02,0.05,0.1") from None
+    if not values or values[0] != 0 or values != sorted(values):
+        raise ConfigError(f"--budgets {text!r} must start at 0 and increase, e.g. 0,0.02,0.05,0.1")
+    return values
+
+
+def cmd_robust(args) -> int:
+    from flows.robustness import robustness_study
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    defaults = {"crystal": (3, 30, "e_3d"), "molecule": (3, 10, None)}[args.domain]
+    target = args.target or defaults[2]
+    if target is None:
+        raise ConfigError("invdes robust molecule needs --target gsk3, jnk3 or bace")
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = sorted(set(variants) - {"standard", "fgsm", "pgd"})
+    if unknown or not variants:
+        raise ConfigError(f"--variants {args.variants!r}: choose from standard, fgsm, pgd (comma-separated)")
+    options = {"pool": args.pool, "target": target, "members": args.members or defaults[0],
+               "epochs": args.epochs or defaults[1], "seed": args.seed, "epsilon": args.epsilon, "steps": args.steps,
+               "adv_weight": args.adv_weight, "variants": variants, "budgets": _budgets(args.budgets),
+               "attack_steps": args.attack_steps, "top_k": args.top_k, "labels": args.labels,
+               "train_split": args.train_split, "hit_quantile": args.hit_quantile, "workers": args.workers,
+               "time_limit": args.time_limit, "trees": args.trees, "eval_samples": args.eval_samples}
+    _start_prefect()
+    result = robustness_study(args.domain, options, args.out)
+    print(result["table"])
+    print(f"\nstudy written to {Path(args.out).resolve()} (MLflow run {result['run_id']})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="invdes", description="Adversarial inverse design of crystals and molecules.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -342,6 +383,37 @@ def build_parser() -> argparse.ArgumentParser:
     ac.add_argument("--out", help="where the ensemble is saved (default runs/activity/<target>.pt)")
     ac.add_argument("--json", help="write the metrics here too")
     ac.set_defaults(func=cmd_activity)
+
+    rb = sub.add_parser("robust", help="standard vs FGSM/PGD-trained property models: robustness curves and the "
+                        "exploitation gap on a campaign's candidates")
+    rb.add_argument("domain", choices=["crystal", "molecule"],
+                    help="crystal: BVSE-barrier surrogate judged by the oracle; molecule: activity GNN judged by a "
+                    "Morgan random forest")
+    rb.add_argument("--pool", help="campaign folder (its rounds' accepted candidates) or candidate table; without "
+                    "it only the robustness part runs")
+    rb.add_argument("--out", required=True, help="study folder; a rerun reuses what is there")
+    rb.add_argument("--target", help="molecule: gsk3, jnk3 or bace; crystal: label column (default e_3d)")
+    rb.add_argument("--members", type=int, help="ensemble members (default 3)")
+    rb.add_argument("--epochs", type=int, help="epochs per member (default 30 crystal, 10 molecule)")
+    rb.add_argument("--epsilon", type=float, default=0.05,
+                    help="training budget: Angstrom (crystal) or feature units (molecule); default 0.05")
+    rb.add_argument("--steps", type=int, default=3, help="PGD steps in training (default 3)")
+    rb.add_argument("--adv-weight", type=float, default=0.5, help="adversarial share of the training loss")
+    rb.add_argument("--variants", default="standard,fgsm,pgd", help="which variants (default all three)")
+    rb.add_argument("--budgets", default="0,0.02,0.05,0.1,0.2", help="attack budgets of the robustness curve")
+    rb.add_argument("--attack-steps", type=int, default=10, help="PGD steps of the evaluation attacks (default 10)")
+    rb.add_argument("--top-k", type=int, default=50, help="candidates judged per variant (default 50)")
+    rb.add_argument("--seed", type=int, default=0)
+    rb.add_argument("--labels", default="data/labels/bvse_li.csv.gz", help="crystal: oracle labels table")
+    rb.add_argument("--train-split", default="crystals/mp_20_biternary/val.csv.gz",
+                    help="crystal: the generator's training split (its labelled crystals set the hit threshold)")
+    rb.add_argument("--hit-quantile", type=float, default=0.1, help="crystal: hit = barrier below this quantile")
+    rb.add_argument("--workers", type=int, default=2, help="crystal: oracle worker processes")
+    rb.add_argument("--time-limit", type=float, default=60.0, help="crystal: oracle seconds per structure")
+    rb.add_argument("--trees", type=int, default=300, help="molecule: trees of the random-forest judge")
+    rb.add_argument("--eval-samples", type=int, help="molecule: attack a seeded subset of the test split this large")
+    rb.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    rb.set_defaults(func=cmd_robust)
     return p
 
 
@@ -349,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # the local Prefect server otherwise tries to reach its telemetry service at every start
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # before any Prefect import: its settings are read once, and a first start (creating and
+    # migrating the database) on a busy 2-core machine takes longer than Prefect's 20 s
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", STARTUP_TIMEOUT_S)
     # spglib prints a C-level line for every cell it cannot standardise (we fall back quietly)
     os.environ.setdefault("SPGLIB_WARNING", "OFF")
     logging.basicConfig(

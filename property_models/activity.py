@@ -52,6 +52,13 @@ from torch_geometric.nn import GINEConv, global_add_pool, global_mean_pool
 
 from design.data.sources import resolve
 from design.utils import ensemble_blob, load_torch_file, save_torch_file
+from property_models.adversarial import (
+    AttackConfig,
+    FeatureBox,
+    adversarial_batch,
+    check_training_method,
+    robustness_curve,
+)
 from property_models.barriers import spearman
 
 log = logging.getLogger(__name__)
@@ -233,9 +240,18 @@ class ActivityConfig:
     batch_size: int = 128
     lr: float = 1e-3
     balance: float = 0.5  # pos_weight = (neg / pos) ** balance; 0 = plain BCE
+    # adversarial training (property_models/adversarial.py): none, fgsm or pgd on the atom features
+    # within an L-infinity box of adv_epsilon; loss = (1 - adv_weight) * clean + adv_weight * adversarial;
+    # adv_separate_norms gives adversarial batches their own batch norms (AdvProp; the clean ones predict)
+    adv_method: str = "none"
+    adv_epsilon: float = 0.05
+    adv_steps: int = 3
+    adv_weight: float = 0.5
+    adv_separate_norms: bool = False
     seed: int = 0
 
     def __post_init__(self):
+        check_training_method(self.adv_method, self.adv_epsilon, self.adv_steps, self.adv_weight)
         for name in ("hidden", "layers", "members", "epochs", "batch_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -258,11 +274,16 @@ class MolGIN(nn.Module):
             for _ in range(cfg.layers)
         )
         self.norms = nn.ModuleList(nn.BatchNorm1d(h) for _ in range(cfg.layers))
+        if cfg.adv_separate_norms:  # AdvProp: batch statistics of adversarial inputs kept apart
+            self.adv_norms = nn.ModuleList(nn.BatchNorm1d(h) for _ in range(cfg.layers))
         self.head = nn.Sequential(nn.Linear(2 * h, h), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(h, 1))
 
-    def forward(self, data: Data) -> torch.Tensor:
+    def forward(self, data: Data, adversarial: bool = False) -> torch.Tensor:
+        """[G] logits (classification) or standardised values; ``adversarial`` routes the batch
+        through the auxiliary batch norms of an AdvProp model."""
         h = self.embed(data.x)
-        for conv, norm in zip(self.convs, self.norms, strict=True):
+        norms = self.adv_norms if adversarial and hasattr(self, "adv_norms") else self.norms
+        for conv, norm in zip(self.convs, norms, strict=True):
             h = h + torch.relu(norm(conv(h, data.edge_index, data.edge_attr)))
         batch = data.batch if getattr(data, "batch", None) is not None else torch.zeros(len(h), dtype=torch.long)
         pooled = torch.cat([global_mean_pool(h, batch), global_add_pool(h, batch)], dim=1)
@@ -310,6 +331,35 @@ class ActivityModel:
             mean[ok], std[ok] = self.predict_graphs([mol_graph(mols[i]) for i in ok])
         return mean, std
 
+    def robustness(self, graphs: list[Data], y: np.ndarray, budgets: list[float], steps: int = 10,
+                   seed: int = 0) -> dict:
+        """:func:`metrics` of the ensemble on ``graphs`` whose atom features a PGD attack moves by up to
+        each budget (L-infinity, feature units) to push the prediction away from the labels ``y``
+        (see :func:`property_models.adversarial.robustness_curve`)."""
+        y = np.asarray(y, dtype=np.float64).reshape(-1)
+        scaled = (y - self.y_mean) / self.y_std if self.cfg.task == "regression" else y
+        labelled = []
+        for g, v in zip(graphs, scaled, strict=True):
+            g = g.clone()
+            g.y = torch.tensor([v], dtype=torch.float32)
+            labelled.append(g)
+        classify = self.cfg.task == "classification"
+
+        def loss(out: torch.Tensor, batch: Data) -> torch.Tensor:
+            if classify:
+                return nn.functional.binary_cross_entropy_with_logits(out, batch.y)
+            return nn.functional.mse_loss(out, batch.y)
+
+        def predict(outs: list[torch.Tensor]) -> torch.Tensor:
+            stack = torch.stack(outs)
+            return (torch.sigmoid(stack) if classify else stack * self.y_std + self.y_mean).mean(0)
+
+        def metric(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+            return {k: v for k, v in metrics(self.cfg.task, truth, pred).items() if k != "positive_rate"}
+
+        return robustness_curve(self.members, loss, predict, labelled, y, metric, FeatureBox(), budgets, steps,
+                                batch_size=512, seed=seed)
+
     def save(self, path: str | Path) -> Path:
         blob = ensemble_blob(FORMAT, VERSION, self.cfg, self.members, y_mean=self.y_mean, y_std=self.y_std,
                              info=self.info)
@@ -345,6 +395,7 @@ def _fit_member(cfg: ActivityConfig, graphs: list[Data], seed: int, pos_weight: 
     else:
         loss_fn = nn.MSELoss()
     history, val_history = [], []
+    attack_gen = torch.Generator().manual_seed(seed + 1)
     for _ in range(cfg.epochs):
         model.train()
         total, count = 0.0, 0
@@ -352,6 +403,12 @@ def _fit_member(cfg: ActivityConfig, graphs: list[Data], seed: int, pos_weight: 
             if batch.num_graphs < 2:  # batch norm needs two graphs; a lone leftover graph is dropped
                 continue
             loss = loss_fn(model(batch), batch.y)
+            if cfg.adv_method != "none":
+                attack_cfg = AttackConfig(cfg.adv_method, cfg.adv_epsilon, cfg.adv_steps)
+                adv = adversarial_batch(model, lambda out, b: loss_fn(out, b.y), batch, FeatureBox(), attack_cfg,
+                                        attack_gen)
+                adv_loss = loss_fn(model(adv, adversarial=True), adv.y)
+                loss = (1 - cfg.adv_weight) * loss + cfg.adv_weight * adv_loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 5.0)

@@ -25,6 +25,8 @@ NAMES = (
     "li_anion_dist_mean", "li_anion_dist_min", "li_li_dist_mean", "li_li_dist_min", "li_cation_dist_mean",
     "li_anion_cn_mean", "anion_z", "anion_electronegativity", "anion_radius", "n_elements",
 )
+# the descriptors that are interatomic distances (Angstrom): what displacing atoms changes
+DISTANCE_NAMES = ("li_anion_dist_mean", "li_anion_dist_min", "li_li_dist_mean", "li_li_dist_min", "li_cation_dist_mean")
 
 
 def _electronegativity(el: Element) -> float:

@@ -18,6 +18,7 @@ are plain ``torch.save`` dicts of tensors, numbers and strings that load with ``
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import time
@@ -33,6 +34,13 @@ from torch_geometric.nn import CGConv
 from torch_geometric.utils import scatter
 
 from design.utils import ensemble_blob, load_torch_file, resolve_device, save_torch_file
+from property_models.adversarial import (
+    AttackConfig,
+    Displacements,
+    adversarial_batch,
+    check_training_method,
+    robustness_curve,
+)
 from property_models.descriptors import NAMES as DESCRIPTOR_NAMES
 from property_models.descriptors import element_table
 from property_models.graphs import structure_graph
@@ -64,10 +72,17 @@ class SurrogateConfig:
     descriptors: bool = True
     log_target: bool = True
     element_features: bool = True
+    # adversarial training (property_models/adversarial.py): none, fgsm or pgd on atomic displacements
+    # of at most adv_epsilon Angstrom; the loss is (1 - adv_weight) * clean + adv_weight * adversarial
+    adv_method: str = "none"
+    adv_epsilon: float = 0.05
+    adv_steps: int = 3
+    adv_weight: float = 0.5
     seed: int = 0
     device: str = "auto"
 
     def __post_init__(self):
+        check_training_method(self.adv_method, self.adv_epsilon, self.adv_steps, self.adv_weight)
         for name in ("hidden", "layers", "n_rbf", "members", "epochs", "batch_size", "patience"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -240,12 +255,13 @@ def _fit_member(cfg: SurrogateConfig, train: list[Data], val: list[Data], seed: 
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     gen = torch.Generator().manual_seed(seed)
     loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, generator=gen)
+    attack_gen = torch.Generator().manual_seed(seed + 1)
     best, best_state, best_epoch, stale = math.inf, None, 0, 0
     for epoch in range(cfg.epochs):
         model.train()
         for batch in loader:
             batch = batch.to(device)
-            loss = nn.functional.smooth_l1_loss(model(batch), batch.y)
+            loss = training_loss(cfg, model, batch, attack_gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -271,6 +287,45 @@ def _fit_member(cfg: SurrogateConfig, train: list[Data], val: list[Data], seed: 
     return model.eval(), {"best_epoch": best_epoch, "val_loss": best, "epochs_run": epoch + 1}
 
 
+def _member_loss(out: torch.Tensor, batch: Data) -> torch.Tensor:
+    return nn.functional.smooth_l1_loss(out, batch.y)
+
+
+def training_loss(cfg: SurrogateConfig, model: CrystalGraphNet, batch: Data, gen: torch.Generator) -> torch.Tensor:
+    """The member's loss on ``batch``; with ``adv_method`` the mix of the clean loss and the loss on
+    the batch's atoms displaced against the model (FGSM or PGD within ``adv_epsilon`` Angstrom)."""
+    clean = _member_loss(model(batch), batch)
+    if cfg.adv_method == "none":
+        return clean
+    attack_cfg = AttackConfig(cfg.adv_method, cfg.adv_epsilon, cfg.adv_steps)
+    adv = adversarial_batch(model, _member_loss, batch, Displacements(), attack_cfg, gen)
+    return (1 - cfg.adv_weight) * clean + cfg.adv_weight * _member_loss(model(adv), adv)
+
+
+def robustness(ens: SurrogateEnsemble, graphs: list[Data], y: np.ndarray, budgets: list[float], steps: int = 10,
+               seed: int = 0) -> dict:
+    """Spearman and MAE (physical units) of the ensemble's first target on ``graphs`` whose atoms a
+    PGD attack displaces by up to each budget (Angstrom) to push the prediction away from ``y`` [N]
+    (see :func:`property_models.adversarial.robustness_curve`)."""
+    from property_models.barriers import spearman
+
+    y = np.asarray(y, dtype=np.float32).reshape(len(graphs), -1)[:, :1]
+    first = dataclasses.replace(ens.cfg, targets=ens.cfg.targets[:1])
+    scaled, _, _ = _scaled_graphs(first, graphs, y, ens.mean[:1], ens.std[:1])
+
+    def loss(out: torch.Tensor, batch: Data) -> torch.Tensor:
+        return nn.functional.smooth_l1_loss(out[:, :1], batch.y)
+
+    def predict(outs: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack([from_scaled(first, o[:, :1].cpu(), ens.mean[:1], ens.std[:1]) for o in outs]).mean(0)[:, 0]
+
+    def metric(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+        return {"spearman": spearman(truth[:, 0], pred), "mae": float(np.abs(truth[:, 0] - pred).mean())}
+
+    scaled = [g.to(ens.device) for g in scaled]
+    return robustness_curve(ens.members, loss, predict, scaled, y, metric, Displacements(), budgets, steps, seed=seed)
+
+
 def finetune_ensemble(ens: SurrogateEnsemble, graphs: list[Data], y: np.ndarray, epochs: int,
                       lr_factor: float = 0.25, seed: int = 0) -> SurrogateEnsemble:
     """A copy of ``ens`` whose members trained ``epochs`` more epochs on ``graphs`` with targets ``y``
@@ -288,10 +343,11 @@ def finetune_ensemble(ens: SurrogateEnsemble, graphs: list[Data], y: np.ndarray,
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr * lr_factor, weight_decay=cfg.weight_decay)
         gen = torch.Generator().manual_seed(seed * 1000 + k)
         loader = DataLoader(scaled, batch_size=cfg.batch_size, shuffle=True, generator=gen)
+        attack_gen = torch.Generator().manual_seed(seed * 1000 + k + 1)
         for _ in range(epochs):
             for batch in loader:
                 batch = batch.to(ens.device)
-                loss = nn.functional.smooth_l1_loss(model(batch), batch.y)
+                loss = training_loss(cfg, model, batch, attack_gen)  # an adversarially trained model stays so
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(model.parameters(), 5.0)

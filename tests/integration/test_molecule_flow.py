@@ -100,3 +100,35 @@ def test_cli_bench_molecule_runs_the_flow_and_logs_to_mlflow(campaign, tmp_path,
     for key in ("valid", "IntDiv", "FCD/Test", "sample_decode_valid_per_s"):
         assert logged.metrics[key] == pytest.approx(result[key]), key
     assert logged.metrics["unique_at_10k"] == pytest.approx(result["unique@10k"])
+
+
+def test_cli_robust_molecule_compares_variants_on_the_campaign_candidates(campaign, tmp_path, monkeypatch, capsys):
+    """`invdes robust molecule` on the quick campaign's accepted molecules: three BACE variants,
+    robustness curves, judged top lists, one MLflow run with the table and figures."""
+    from mlflow import MlflowClient
+
+    from flows.cli import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", campaign["uri"])
+    out = tmp_path / "study"
+    rc = main(["robust", "molecule", "--target", "bace", "--pool", campaign["summary"]["out_dir"], "--out", str(out),
+               "--members", "1", "--epochs", "1", "--trees", "10", "--budgets", "0,0.05", "--attack-steps", "2",
+               "--top-k", "4", "--steps", "2", "--eval-samples", "60"])
+    assert rc == 0
+    assert "| pgd |" in capsys.readouterr().out
+    study = json.loads((out / "study.json").read_text())
+    assert set(study["variants"]) == {"standard", "fgsm", "pgd"}
+    pool_ids = set(pd.read_csv(Path(campaign["summary"]["out_dir"]) / "ranked.csv")["id"].astype(str))
+    for name, v in study["variants"].items():
+        top = pd.read_csv(out / f"top_{name}.csv")
+        assert len(top) == v["exploitation"]["n"] == 4 and set(top["id"].astype(str)) <= pool_ids
+        assert (top["predicted"].diff().dropna() <= 1e-12).all()  # best predicted first (maximised)
+        assert len(v["robustness"]["metrics"]["spearman"]) == 2
+    client = MlflowClient(tracking_uri=campaign["uri"])
+    runs = client.search_runs([client.get_experiment_by_name("molecule-robustness").experiment_id])
+    assert len(runs) == 1
+    data = runs[0].data
+    assert data.metrics["pgd/gap"] == pytest.approx(study["variants"]["pgd"]["exploitation"]["gap"])
+    assert "standard/robust_spearman_at_0.05" in data.metrics and "random/hit_rate" in data.metrics
+    arts = {a.path for a in client.list_artifacts(runs[0].info.run_id, "study")}
+    assert {"study/study.md", "study/robustness.png", "study/exploitation.png"} <= arts

@@ -22,16 +22,10 @@ from property_models.activity import (
     train_ensemble,
 )
 
+from testkit import TINY_ACTIVITY as TINY
+
 ASPIRIN = "CC(=O)Oc1ccccc1C(=O)O"
 CAFFEINE = "Cn1cnc2c1c(=O)n(C)c(=O)n2C"
-
-# 16 small molecules, actives (1) are the ones with an aromatic ring: a rule a GNN can learn at once
-TINY = [
-    ("c1ccccc1O", 1), ("c1ccccc1N", 1), ("Cc1ccccc1", 1), ("c1ccncc1", 1), ("Clc1ccccc1", 1),
-    ("c1ccc2ccccc2c1", 1), ("Oc1ccc(C)cc1", 1), ("c1ccsc1", 1),
-    ("CCO", 0), ("CCCC", 0), ("CC(C)O", 0), ("C1CCCCC1", 0), ("CCN(CC)CC", 0), ("OCCO", 0),
-    ("CC(=O)C", 0), ("C1CCOC1", 0),
-]
 
 
 def _mols(smiles):

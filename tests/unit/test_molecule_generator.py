@@ -39,8 +39,10 @@ def test_training_is_seeded(trained, tmp_path_factory):
     again = _train(tmp_path_factory, "tiny-molecule-again")
     a = torch.load(trained.checkpoint, weights_only=True)["model"]
     b = torch.load(again.checkpoint, weights_only=True)["model"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert [r["rec_tokens"] for r in trained.history] == [r["rec_tokens"] for r in again.history]
+    # equal up to float round-off: multithreaded CPU reductions (embedding gradients) may add in another order
+    assert a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), rtol=0, atol=1e-6) for k in a)
+    assert [r["rec_tokens"] for r in trained.history] == pytest.approx([r["rec_tokens"] for r in again.history],
+                                                                      rel=1e-6)
     assert trained.history[-1]["rec_tokens"] < trained.history[0]["rec_tokens"]  # it learns
 
 
