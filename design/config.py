@@ -256,6 +256,13 @@ class SurrogateSection(_Section):
                             "`stab_excess` (energy per atom above a per-element reference fitted to training "
                             "crystals, eV/atom) and `stab_excess_percentile` (its percentile among the training "
                             "crystals'); both rankable, e.g. rank.property_goals.stab_excess_percentile: minimize")
+    adv_method: Literal["none", "fgsm", "pgd"] = Field(
+        "none", description="adversarial training of the surrogate (property_models/adversarial.py): FGSM or PGD "
+        "atomic displacements of at most adv_epsilon mixed into every batch; `invdes robust crystal` measures "
+        "whether it narrows the exploitation gap")
+    adv_epsilon: float = Field(0.1, gt=0, description="adversarial training budget, Angstrom per atom")
+    adv_steps: int = Field(3, ge=1, description="PGD steps per batch")
+    adv_weight: float = Field(0.5, ge=0, le=1, description="adversarial share of the training loss")
 
     @property
     def column(self) -> str:

@@ -103,7 +103,8 @@ def surrogate_config(cfg: RunConfig) -> SurrogateConfig:
     return SurrogateConfig(targets=[s.target], members=s.members, epochs=s.epochs, hidden=s.hidden, layers=s.layers,
                            cutoff=s.cutoff, descriptors=s.descriptors, log_target=s.log_target,
                            element_features=s.element_features, val_fraction=s.val_fraction, seed=cfg.seed,
-                           device=cfg.train.device)
+                           device=cfg.train.device, adv_method=s.adv_method, adv_epsilon=s.adv_epsilon,
+                           adv_steps=s.adv_steps, adv_weight=s.adv_weight)
 
 
 def initial_surrogate(cfg: RunConfig, root: str | Path) -> Path:
