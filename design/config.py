@@ -288,6 +288,11 @@ class VerifySection(_Section):
         True, description="verify (and report) only candidates whose oxidation states bond valence can assign, "
         "tested in rank order: the oracle cannot evaluate the others, and an ionic conductor needs them",
     )
+    require_evaluable: bool = Field(
+        True, description="verify (and report) only candidates the oracle evaluates without a failure (e.g. "
+        "bond-valence parameters missing for a pair of ions), tested in rank order; the skipped ones are counted "
+        "by reason (verify.json, enrichment.json)",
+    )
 
 
 class TrackingConfig(_Section):

@@ -11,7 +11,8 @@
   mean, the Spearman correlation of the ensemble's uncertainty with its absolute error, and the
   same for two baselines trained on the same split: the training mean of the structure's elements
   (composition only) and a random forest on the Li-environment descriptors alone
-  (:mod:`property_models.descriptors`, log target), which shows what the graph network adds.
+  (:mod:`property_models.descriptors`, log target), which shows what the graph network adds; and
+  the geometric mean of the ensemble's and the forest's predictions (``_blend``).
 """
 
 from __future__ import annotations
@@ -118,6 +119,12 @@ def descriptor_forest_baseline(train: list[Data], y_train: np.ndarray, test: lis
     return np.stack(cols, axis=1)
 
 
+def geometric_blend(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The geometric mean of two positive predictions (the mean of their logarithms, the space both
+    models learn barriers in)."""
+    return np.sqrt(np.clip(a, 1e-6, None) * np.clip(b, 1e-6, None))
+
+
 def _evaluate_split(df: pd.DataFrame, graphs: list[Data], y: np.ndarray, cfg: SurrogateConfig, test_fraction: float,
                     seed: int) -> tuple[SurrogateEnsemble, dict]:
     train_idx, test_idx = group_split(df["formula"].tolist(), test_fraction, seed)
@@ -135,6 +142,8 @@ def _evaluate_split(df: pd.DataFrame, graphs: list[Data], y: np.ndarray, cfg: Su
         "censored_fraction_test": {t: float((y[test_idx, j] >= df.attrs["cap"]).mean()) for j, t in enumerate(cfg.targets)},
         **metrics(y[test_idx], pred.mean, pred.std, cfg.targets, base),
         **{f"{k}_forest": v for k, v in metrics(y[test_idx], forest, None, cfg.targets).items()},
+        **{f"{k}_blend": v for k, v in metrics(y[test_idx], geometric_blend(pred.mean, forest), None,
+                                               cfg.targets).items()},
         "train_wall_s": ens.info["wall_s"],
     }
     return ens, result

@@ -294,21 +294,46 @@ def valences_assignable(structure) -> bool:
         return False
 
 
-def eligible_head(cfg: RunConfig, table: pd.DataFrame, k: int) -> tuple[pd.DataFrame, dict]:
-    """The first ``k`` rows of ``table`` (in its order) that the oracle can evaluate, with the counts
-    of rows tested; all of the first ``k`` rows without ``verify.require_valences``."""
-    if not cfg.verify.require_valences:
+def eligible_head(cfg: RunConfig, table: pd.DataFrame, k: int, oracle: BVSEOracle | None = None) -> tuple[pd.DataFrame, dict]:
+    """The first ``k`` rows of ``table`` (in its order) that the oracle can evaluate, and the counts
+    of rows screened and skipped (``skipped_<reason>``).
+
+    With ``verify.require_valences`` a row must have oxidation states bond valence can assign (a
+    cheap test, made first); with ``verify.require_evaluable`` and an ``oracle`` it must also get
+    barriers from the oracle without a failure (bond-valence parameters missing for a pair of ions,
+    a timeout, ...). The oracle caches its results, so verifying the rows afterwards recomputes
+    nothing. Without either requirement: the first ``k`` rows."""
+    v = cfg.verify
+    use_oracle = v.require_evaluable and oracle is not None
+    if not v.require_valences and not use_oracle:
         return table.head(k), {"screened": min(k, len(table)), "eligible": min(k, len(table))}
     from pymatgen.core import Structure
 
-    keep, tested = [], 0
-    for pos, text in enumerate(table[TEXT_COLUMN]):
-        if len(keep) == k:
-            break
-        tested += 1
-        if valences_assignable(Structure.from_str(text, fmt="cif")):
-            keep.append(pos)
-    return table.iloc[keep], {"screened": tested, "eligible": len(keep)}
+    keep: list[int] = []
+    screened, pos = 0, 0
+    skipped: dict[str, int] = {}
+    while len(keep) < k and pos < len(table):
+        chunk = list(range(pos, min(len(table), pos + max(k - len(keep), 4))))
+        pos = chunk[-1] + 1
+        structures = [Structure.from_str(t, fmt="cif") for t in table[TEXT_COLUMN].iloc[chunk]]
+        reasons: list[str | None] = [None] * len(chunk)
+        if v.require_valences:
+            reasons = [None if valences_assignable(s) else "valences" for s in structures]
+        if use_oracle:
+            todo = [i for i, r in enumerate(reasons) if r is None]
+            for i, res in zip(todo, oracle.evaluate([structures[i] for i in todo], label="BVSE screen",
+                                                    every=max(len(todo), 1)), strict=True):
+                reasons[i] = None if res.ok else res.failure
+        for p, reason in zip(chunk, reasons, strict=True):
+            screened += 1
+            if reason is None:
+                keep.append(p)
+                if len(keep) == k:
+                    break
+            else:
+                skipped[reason] = skipped.get(reason, 0) + 1
+    return table.iloc[keep], {"screened": screened, "eligible": len(keep),
+                              **{f"skipped_{r}": n for r, n in sorted(skipped.items())}}
 
 
 def verify_round(cfg: RunConfig, k: int, out_dir: Path, verifier: Verifier, threshold: float) -> dict:
@@ -317,7 +342,8 @@ def verify_round(cfg: RunConfig, k: int, out_dir: Path, verifier: Verifier, thre
     metrics, see :func:`verification_metrics`, plus how many ranked candidates were screened)."""
     rdir = round_dir(out_dir, k)
     scored = read_table(rdir / "scored.csv.gz")
-    top, screen = eligible_head(cfg, rank_table(scored, cfg.rank, cfg.generate.target), cfg.verify.top_k)
+    top, screen = eligible_head(cfg, rank_table(scored, cfg.rank, cfg.generate.target), cfg.verify.top_k,
+                                verifier.oracle)
     ver = verifier(top["id"].astype(str).tolist(), _structures(top), label=f"round {k}")
     col = cfg.surrogate.column
     ver = ver.merge(top[["id", col, f"{col}_std", "formula"]].astype({"id": str}), on="id", how="left")
@@ -410,14 +436,16 @@ def enrichment(cfg: RunConfig, ranked: pd.DataFrame, out_dir: Path, verifier: Ve
     write the tables (``enrichment_<name>.csv``). ``top_fresh`` counts only top candidates no round
     verified (the surrogate never saw their oracle values)."""
     v = cfg.verify
-    top, screen = eligible_head(cfg, ranked, v.final_top)
+    top, screen = eligible_head(cfg, ranked, v.final_top, verifier.oracle)
     rng = np.random.default_rng(cfg.seed + 99)
     shuffled = ranked.iloc[rng.permutation(len(ranked))]
     base = shuffled.head(v.baseline)
-    base_eligible, base_screen = eligible_head(cfg, shuffled, v.baseline)
+    base_eligible, base_screen = eligible_head(cfg, shuffled, v.baseline, verifier.oracle)
     result: dict = {"threshold": threshold, "hit_quantile": v.hit_quantile, "top_screened": screen["screened"],
                     "baseline_eligible_screened": base_screen["screened"]}
-    parts = [("top", top), ("baseline", base)] + ([("baseline_eligible", base_eligible)] if v.require_valences else [])
+    screening = v.require_valences or v.require_evaluable
+    result["top_skipped"] = {k[len("skipped_"):]: n for k, n in screen.items() if k.startswith("skipped_")}
+    parts = [("top", top), ("baseline", base)] + ([("baseline_eligible", base_eligible)] if screening else [])
     for name, part in parts:
         ver = verifier(part["id"].tolist(), _structures(part), label=f"enrichment {name}")
         truth = verifier.censored(ver[f"ver_{cfg.surrogate.target}"])

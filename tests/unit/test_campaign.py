@@ -93,8 +93,27 @@ def test_eligibility_screen_keeps_rank_order_and_skips_what_the_oracle_cannot_ev
     table = pd.DataFrame({"id": ["a", "b", "c", "d"], "structure": [s.to(fmt="cif") for s in (li3mg, li2o, li3mg, li2o)]})
     cfg = config_from_dict({"surrogate": {}, "verify": {}})
     head, counts = eligible_head(cfg, table, 2)
-    assert head["id"].tolist() == ["b", "d"] and counts == {"screened": 4, "eligible": 2}
+    assert head["id"].tolist() == ["b", "d"] and counts == {"screened": 4, "eligible": 2, "skipped_valences": 2}
     head, counts = eligible_head(cfg, table, 1)
-    assert head["id"].tolist() == ["b"] and counts == {"screened": 2, "eligible": 1}
+    assert head["id"].tolist() == ["b"] and counts == {"screened": 2, "eligible": 1, "skipped_valences": 1}
     off = config_from_dict({"surrogate": {}, "verify": {"require_valences": False}})
     assert eligible_head(off, table, 2)[0]["id"].tolist() == ["a", "b"]
+
+    class Oracle:  # evaluates every other structure it is asked about
+        def __init__(self):
+            self.asked = 0
+
+        def evaluate(self, structures, label="", every=1):
+            from types import SimpleNamespace
+
+            out = [SimpleNamespace(ok=(self.asked + i) % 2 == 1, failure=None if (self.asked + i) % 2 else "parameters")
+                   for i in range(len(structures))]
+            self.asked += len(structures)
+            return out
+
+    both = pd.concat([table, table.assign(id=["e", "f", "g", "h"])], ignore_index=True)  # b d f h pass valences
+    head, counts = eligible_head(cfg, both, 2, Oracle())  # the oracle fails b and f, evaluates d and h
+    assert head["id"].tolist() == ["d", "h"]
+    assert counts == {"screened": 8, "eligible": 2, "skipped_valences": 4, "skipped_parameters": 2}
+    no_oracle = config_from_dict({"surrogate": {}, "verify": {"require_evaluable": False}})
+    assert eligible_head(no_oracle, both, 2, Oracle())[0]["id"].tolist() == ["b", "d"]
