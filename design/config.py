@@ -256,6 +256,9 @@ class SurrogateSection(_Section):
                             "`stab_excess` (energy per atom above a per-element reference fitted to training "
                             "crystals, eV/atom) and `stab_excess_percentile` (its percentile among the training "
                             "crystals'); both rankable, e.g. rank.property_goals.stab_excess_percentile: minimize")
+    forest_weight: float = Field(0.0, ge=0, le=1, description="blend the ensemble with a random forest on the "
+                                 "descriptors: prediction = members^(1-w) * forest^w (log target); the forest stays "
+                                 "fixed when the loop fine-tunes")
     adv_method: Literal["none", "fgsm", "pgd"] = Field(
         "none", description="adversarial training of the surrogate (property_models/adversarial.py): FGSM or PGD "
         "atomic displacements of at most adv_epsilon mixed into every batch; `invdes robust crystal` measures "

@@ -195,7 +195,8 @@ def cmd_surrogate(args) -> int:
 
     cfg = SurrogateConfig(targets=args.target or ["e_3d"], members=args.members, epochs=args.epochs, seed=args.seed,
                           cutoff=args.cutoff, descriptors=args.descriptors, log_target=args.log_target,
-                          element_features=args.element_features, val_fraction=args.val_fraction)
+                          element_features=args.element_features, val_fraction=args.val_fraction,
+                          forest_weight=args.forest_weight)
     _, result = train_and_evaluate(args.labels, cfg, args.test_fraction, args.out, splits=args.splits)
     text = json.dumps(result, indent=2, default=str)
     print(text)
@@ -356,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="feed the Li-environment descriptors to the readout")
     sg.add_argument("--log-target", action=argparse.BooleanOptionalAction, default=True,
                     help="learn the logarithm of the barrier")
+    sg.add_argument("--forest-weight", type=float, default=0.0,
+                    help="blend in a random forest on the descriptors with this weight (geometric, log target)")
     sg.add_argument("--val-fraction", type=float, default=0.0,
                     help="inner validation split for early stopping (0: train --epochs epochs on all)")
     sg.set_defaults(func=cmd_surrogate)

@@ -23,13 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from pymatgen.core import Structure
 from scipy.stats import spearmanr
 from torch_geometric.data import Data
 
 from property_models.labels import oracle_cap, read_labels
-from property_models.surrogate import SurrogateConfig, SurrogateEnsemble, graphs_for, train_ensemble
+from property_models.surrogate import SurrogateConfig, SurrogateEnsemble, blend, graphs_for, train_ensemble
 
 log = logging.getLogger(__name__)
 
@@ -104,25 +103,18 @@ def metrics(y_true: np.ndarray, y_pred: np.ndarray, y_std: np.ndarray | None, ta
 
 def descriptor_forest_baseline(train: list[Data], y_train: np.ndarray, test: list[Data], seed: int = 0) -> np.ndarray:
     """Random-forest predictions from the graphs' Li-environment descriptors alone (log of the
-    positive targets, one forest per column)."""
-    from sklearn.ensemble import RandomForestRegressor
+    positive targets, one forest of 300 trees per column)."""
+    from property_models.surrogate import fit_forests, predict_forests
 
-    u_train = torch.cat([g.u for g in train]).numpy()
-    u_test = torch.cat([g.u for g in test]).numpy()
-    y_train = np.asarray(y_train, dtype=float).reshape(len(train), -1)
-    cols = []
-    for j in range(y_train.shape[1]):
-        forest = RandomForestRegressor(n_estimators=300, min_samples_leaf=2, max_features=0.33, n_jobs=1,
-                                       random_state=seed)
-        forest.fit(u_train, np.log(np.clip(y_train[:, j], 1e-3, None)))
-        cols.append(np.exp(forest.predict(u_test)))
-    return np.stack(cols, axis=1)
+    cfg = SurrogateConfig(targets=[f"t{j}" for j in range(np.asarray(y_train).reshape(len(train), -1).shape[1])],
+                          forest_trees=300, seed=seed)
+    return predict_forests(cfg, fit_forests(cfg, train, y_train, log=True), test, log=True)
 
 
-def geometric_blend(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The geometric mean of two positive predictions (the mean of their logarithms, the space both
-    models learn barriers in)."""
-    return np.sqrt(np.clip(a, 1e-6, None) * np.clip(b, 1e-6, None))
+def even_blend(ensemble: np.ndarray, forest: np.ndarray) -> np.ndarray:
+    """The geometric mean of the ensemble's and the descriptor forest's predictions (what an ensemble
+    trained with ``forest_weight`` 0.5 would predict; both learn log barriers)."""
+    return blend(SurrogateConfig(forest_weight=0.5, log_target=True), ensemble, forest)
 
 
 def _evaluate_split(df: pd.DataFrame, graphs: list[Data], y: np.ndarray, cfg: SurrogateConfig, test_fraction: float,
@@ -142,7 +134,7 @@ def _evaluate_split(df: pd.DataFrame, graphs: list[Data], y: np.ndarray, cfg: Su
         "censored_fraction_test": {t: float((y[test_idx, j] >= df.attrs["cap"]).mean()) for j, t in enumerate(cfg.targets)},
         **metrics(y[test_idx], pred.mean, pred.std, cfg.targets, base),
         **{f"{k}_forest": v for k, v in metrics(y[test_idx], forest, None, cfg.targets).items()},
-        **{f"{k}_blend": v for k, v in metrics(y[test_idx], geometric_blend(pred.mean, forest), None,
+        **{f"{k}_blend": v for k, v in metrics(y[test_idx], even_blend(pred.mean, forest), None,
                                                cfg.targets).items()},
         "train_wall_s": ens.info["wall_s"],
     }

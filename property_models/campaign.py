@@ -104,7 +104,7 @@ def surrogate_config(cfg: RunConfig) -> SurrogateConfig:
                            cutoff=s.cutoff, descriptors=s.descriptors, log_target=s.log_target,
                            element_features=s.element_features, val_fraction=s.val_fraction, seed=cfg.seed,
                            device=cfg.train.device, adv_method=s.adv_method, adv_epsilon=s.adv_epsilon,
-                           adv_steps=s.adv_steps, adv_weight=s.adv_weight)
+                           adv_steps=s.adv_steps, adv_weight=s.adv_weight, forest_weight=s.forest_weight)
 
 
 def initial_surrogate(cfg: RunConfig, root: str | Path) -> Path:

@@ -6,7 +6,11 @@ embedding is the mean over all sites concatenated with the mean over the sites o
 element (Li by default; the global mean where there is none) and, with ``descriptors``, the
 standardised Li-environment descriptors of :mod:`property_models.descriptors`, read out by an MLP.
 Members differ in their initialisation and batch order; the ensemble predicts their mean and, as
-its uncertainty, their standard deviation (Lakshminarayanan et al., 2017).
+its uncertainty, their standard deviation (Lakshminarayanan et al., 2017). With ``forest_weight``
+the ensemble also holds a random forest on the descriptors alone (:mod:`property_models.forest`)
+and predicts the weighted geometric mean (arithmetic without ``log_target``) of the members' mean
+and the forest; the uncertainty stays the members' spread, and fine-tuning leaves the forest as it
+is.
 
 Targets are standardised per column, after a logarithm with ``log_target`` (barriers are positive
 and spread over decades; the members' predictions are averaged in physical units). With
@@ -43,6 +47,7 @@ from property_models.adversarial import (
 )
 from property_models.descriptors import NAMES as DESCRIPTOR_NAMES
 from property_models.descriptors import element_table
+from property_models.forest import ForestArrays
 from property_models.graphs import structure_graph
 
 log = logging.getLogger(__name__)
@@ -78,6 +83,9 @@ class SurrogateConfig:
     adv_epsilon: float = 0.05
     adv_steps: int = 3
     adv_weight: float = 0.5
+    # blend with a random forest on the descriptors: prediction = members^(1 - w) * forest^w (log target)
+    forest_weight: float = 0.0
+    forest_trees: int = 300
     seed: int = 0
     device: str = "auto"
 
@@ -93,6 +101,12 @@ class SurrogateConfig:
             raise ValueError(f"val_fraction={self.val_fraction} must be in [0, 0.5) (0: fixed epochs, no early stopping)")
         if not self.lr > 0 or not self.cutoff > 0:
             raise ValueError(f"lr={self.lr} and cutoff={self.cutoff} must be > 0")
+        if not 0 <= self.forest_weight <= 1:
+            raise ValueError(f"forest_weight={self.forest_weight} must be in [0, 1]")
+        if self.forest_weight > 0 and not self.descriptors:
+            raise ValueError("forest_weight > 0 needs descriptors: true (the forest reads the descriptors)")
+        if isinstance(self.forest_trees, bool) or not isinstance(self.forest_trees, int) or self.forest_trees < 1:
+            raise ValueError(f"surrogate forest_trees={self.forest_trees!r} must be an int >= 1")
 
 
 class _RBF(nn.Module):
@@ -166,12 +180,16 @@ class SurrogateEnsemble:
     """Members plus the target scaling; :meth:`predict` gives mean and standard deviation."""
 
     def __init__(self, cfg: SurrogateConfig, members: list[CrystalGraphNet], mean: torch.Tensor, std: torch.Tensor,
-                 info: dict | None = None):
+                 info: dict | None = None, forests: list[ForestArrays] | None = None):
         self.cfg = cfg
         self.members = [m.eval() for m in members]
         self.mean = mean
         self.std = std
         self.info = info or {}
+        self.forests = forests or []
+        if cfg.forest_weight > 0 and len(self.forests) != len(cfg.targets):
+            raise ValueError(f"forest_weight={cfg.forest_weight} needs one forest per target; this ensemble has "
+                             f"{len(self.forests)} for {len(cfg.targets)} targets")
         self.device = next(members[0].parameters()).device
 
     @torch.no_grad()
@@ -184,11 +202,14 @@ class SurrogateEnsemble:
             parts = [m(b.to(self.device)).cpu() for b in DataLoader(graphs, batch_size=batch_size, shuffle=False)]
             outs.append(from_scaled(self.cfg, torch.cat(parts), self.mean, self.std))
         stack = torch.stack(outs)  # [M, N, T]
-        return Prediction(stack.mean(0).numpy(), stack.std(0, unbiased=False).numpy())
+        mean = stack.mean(0).numpy()
+        if self.cfg.forest_weight > 0:
+            mean = blend(self.cfg, mean, predict_forests(self.cfg, self.forests, graphs))
+        return Prediction(mean, stack.std(0, unbiased=False).numpy())
 
     def save(self, path: str | Path) -> Path:
         blob = ensemble_blob(FORMAT, VERSION, self.cfg, self.members, target_mean=self.mean.cpu(),
-                             target_std=self.std.cpu(), info=self.info)
+                             target_std=self.std.cpu(), info=self.info, forests=[f.state() for f in self.forests])
         return save_torch_file(blob, path)
 
     @classmethod
@@ -203,7 +224,38 @@ class SurrogateEnsemble:
             m = CrystalGraphNet(cfg)
             m.load_state_dict(state)
             members.append(m.to(dev))
-        return cls(cfg, members, blob["target_mean"], blob["target_std"], blob.get("info", {}))
+        forests = [ForestArrays.from_state(f) for f in blob.get("forests", [])]
+        return cls(cfg, members, blob["target_mean"], blob["target_std"], blob.get("info", {}), forests)
+
+
+def fit_forests(cfg: SurrogateConfig, graphs: list[Data], y: np.ndarray, log: bool | None = None,
+                seed: int | None = None) -> list[ForestArrays]:
+    """One random forest per target column on the graphs' raw descriptors ``u`` (learning the
+    logarithm of the target with ``log``, default ``cfg.log_target``)."""
+    log = cfg.log_target if log is None else log
+    u = torch.cat([g.u for g in graphs]).numpy()
+    y = np.asarray(y, dtype=float).reshape(len(graphs), -1)
+    seed = cfg.seed if seed is None else seed
+    return [ForestArrays.fit(u, np.log(np.clip(col, 1e-3, None)) if log else col, cfg.forest_trees, seed=seed)
+            for col in y.T]
+
+
+def predict_forests(cfg: SurrogateConfig, forests: list[ForestArrays], graphs: list[Data],
+                    log: bool | None = None) -> np.ndarray:
+    """[N, T] the forests' predictions in physical units."""
+    log = cfg.log_target if log is None else log
+    u = torch.cat([g.u for g in graphs]).numpy()
+    cols = [f.predict(u)[0] for f in forests]
+    return np.stack([np.exp(c) if log else c for c in cols], axis=1)
+
+
+def blend(cfg: SurrogateConfig, members: np.ndarray, forest: np.ndarray) -> np.ndarray:
+    """The members' mean and the forest's prediction weighted by ``forest_weight``: geometrically for
+    a log target (where both learn), arithmetically otherwise."""
+    w = cfg.forest_weight
+    if cfg.log_target:
+        return np.exp((1 - w) * np.log(np.clip(members, 1e-6, None)) + w * np.log(np.clip(forest, 1e-6, None)))
+    return (1 - w) * members + w * forest
 
 
 def graphs_for(cfg: SurrogateConfig, structures: list) -> list[Data]:
@@ -309,6 +361,9 @@ def robustness(ens: SurrogateEnsemble, graphs: list[Data], y: np.ndarray, budget
     (see :func:`property_models.adversarial.robustness_curve`)."""
     from property_models.barriers import spearman
 
+    if ens.cfg.forest_weight > 0:
+        raise ValueError("robustness attacks need a differentiable model; this ensemble blends in a random forest "
+                         "(forest_weight > 0): evaluate one trained with forest_weight 0")
     y = np.asarray(y, dtype=np.float32).reshape(len(graphs), -1)[:, :1]
     first = dataclasses.replace(ens.cfg, targets=ens.cfg.targets[:1])
     scaled, _, _ = _scaled_graphs(first, graphs, y, ens.mean[:1], ens.std[:1])
@@ -355,7 +410,7 @@ def finetune_ensemble(ens: SurrogateEnsemble, graphs: list[Data], y: np.ndarray,
         members.append(model.eval())
     info = {**ens.info, "finetuned": [*ens.info.get("finetuned", []),
                                       {"n": len(graphs), "epochs": epochs, "wall_s": time.perf_counter() - start}]}
-    return SurrogateEnsemble(cfg, members, ens.mean, ens.std, info)
+    return SurrogateEnsemble(cfg, members, ens.mean, ens.std, info, ens.forests)
 
 
 def train_ensemble(cfg: SurrogateConfig, graphs: list[Data], y: np.ndarray) -> SurrogateEnsemble:
@@ -382,5 +437,6 @@ def train_ensemble(cfg: SurrogateConfig, graphs: list[Data], y: np.ndarray) -> S
         log.info("surrogate member %d/%d: kept epoch %d, inner-val loss %s (%.0f s so far)", k + 1, cfg.members,
                  st["best_epoch"], "-" if st["val_loss"] is None else f"{st['val_loss']:.4f}",
                  time.perf_counter() - start)
+    forests = fit_forests(cfg, graphs, y) if cfg.forest_weight > 0 else []
     info = {"n_train": len(graphs), "members": stats, "wall_s": time.perf_counter() - start, "device": str(device)}
-    return SurrogateEnsemble(cfg, members, mean, std, info)
+    return SurrogateEnsemble(cfg, members, mean, std, info, forests)

@@ -182,3 +182,43 @@ def test_element_table_orders_elements_physically():
     x = ELEMENT_FEATURES.index("electronegativity")
     assert t[9, x] > t[8, x] > t[3, x]  # F > O > Li
     assert np.abs(t[1:].mean(0)).max() < 0.2  # standardised over the elements
+
+
+def test_forest_arrays_predict_exactly_like_scikit_learn():
+    from sklearn.ensemble import RandomForestRegressor
+
+    from property_models.forest import ForestArrays
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 6)).astype(np.float32)
+    y = x[:, 0] ** 2 + np.sin(x[:, 1])
+    forest = ForestArrays.fit(x, y, trees=20, seed=3)
+    reference = RandomForestRegressor(n_estimators=20, min_samples_leaf=2, max_features=0.33, random_state=3).fit(x, y)
+    x_new = rng.normal(size=(50, 6)).astype(np.float32)
+    mean, spread = forest.predict(x_new)
+    np.testing.assert_allclose(mean, reference.predict(x_new), rtol=0, atol=1e-12)
+    assert (spread >= 0).all() and spread.max() > 0
+    back = ForestArrays.from_state(forest.state())
+    np.testing.assert_array_equal(back.predict(x_new)[0], mean)
+    with pytest.raises(ValueError, match="damaged"):
+        ForestArrays.from_state({k: v for k, v in forest.state().items() if k != "roots"})
+
+
+def test_forest_blend_is_the_weighted_geometric_mean_and_survives_save_load(real_structures, tmp_path):
+    from property_models.surrogate import predict_forests, robustness
+
+    structures = real_structures[:30]
+    y = np.array([[s.volume / len(s)] for s in structures], dtype=np.float32)
+    cfg = SurrogateConfig(targets=["vpa"], hidden=16, layers=1, n_rbf=8, members=2, epochs=3, forest_weight=0.25,
+                          forest_trees=20)
+    graphs = [structure_graph(s, cfg.cutoff) for s in structures]
+    ens = train_ensemble(cfg, graphs, y)
+    plain = SurrogateEnsemble(SurrogateConfig(**{**vars(cfg), "forest_weight": 0.0}), ens.members, ens.mean, ens.std)
+    members, forest = plain.predict(graphs).mean, predict_forests(cfg, ens.forests, graphs)
+    np.testing.assert_allclose(ens.predict(graphs).mean, members ** 0.75 * forest ** 0.25, rtol=1e-5)
+    back = SurrogateEnsemble.load(ens.save(tmp_path / "blend.pt"))
+    np.testing.assert_allclose(back.predict(graphs).mean, ens.predict(graphs).mean, rtol=1e-6)
+    with pytest.raises(ValueError, match="differentiable"):
+        robustness(back, graphs, y[:, 0], [0, 0.1])
+    with pytest.raises(ValueError, match="descriptors"):
+        SurrogateConfig(forest_weight=0.5, descriptors=False)
