@@ -268,7 +268,8 @@ def cmd_robust(args) -> int:
                "adv_weight": args.adv_weight, "variants": variants, "budgets": _budgets(args.budgets),
                "attack_steps": args.attack_steps, "top_k": args.top_k, "labels": args.labels,
                "train_split": args.train_split, "hit_quantile": args.hit_quantile, "workers": args.workers,
-               "time_limit": args.time_limit, "trees": args.trees, "eval_samples": args.eval_samples}
+               "time_limit": args.time_limit, "trees": args.trees, "eval_samples": args.eval_samples,
+               "uncertainty_weight": args.uncertainty_weight}
     _start_prefect()
     result = robustness_study(args.domain, options, args.out)
     print(result["table"])
@@ -406,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--budgets", default="0,0.02,0.05,0.1,0.2", help="attack budgets of the robustness curve")
     rb.add_argument("--attack-steps", type=int, default=10, help="PGD steps of the evaluation attacks (default 10)")
     rb.add_argument("--top-k", type=int, default=50, help="candidates judged per variant (default 50)")
+    rb.add_argument("--uncertainty-weight", type=float, default=0.0,
+                    help="rank on the prediction made worse by this many ensemble spreads (the loop uses 1; default 0)")
     rb.add_argument("--seed", type=int, default=0)
     rb.add_argument("--labels", default="data/labels/bvse_li.csv.gz", help="crystal: oracle labels table")
     rb.add_argument("--train-split", default="crystals/mp_20_biternary/val.csv.gz",

@@ -49,7 +49,7 @@ def study_task(domain: str, options: dict, out_dir: str) -> dict:
     variants = variant_overrides(options["epsilon"], options["steps"], options["adv_weight"])
     variants = {k: v for k, v in variants.items() if k in options["variants"]}
     return run_study(study, pool, out_dir, variants, options["budgets"], options["attack_steps"], options["top_k"],
-                     options["seed"])
+                     options["seed"], options.get("uncertainty_weight", 0.0))
 
 
 def study_metrics(result: dict) -> dict[str, float]:

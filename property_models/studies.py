@@ -76,7 +76,7 @@ class CrystalStudy:
 
         return robustness(model, self.test_graphs, self.y_test[:, 0], budgets, steps, seed=self.cfg.seed)
 
-    def predict(self, model, pool: pd.DataFrame) -> np.ndarray:
+    def predict(self, model, pool: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         from pymatgen.core import Structure
 
         from property_models.surrogate import graphs_for
@@ -86,7 +86,8 @@ class CrystalStudy:
             text = dict(zip(pool["id"], pool[TEXT_COLUMN], strict=True))
             structures = [Structure.from_str(text[i], fmt="cif") for i in missing]
             self._pool_graphs.update(zip(missing, graphs_for(self.cfg, structures), strict=True))
-        return model.predict([self._pool_graphs[i] for i in pool["id"]]).mean[:, 0]
+        pred = model.predict([self._pool_graphs[i] for i in pool["id"]])
+        return pred.mean[:, 0], pred.std[:, 0]
 
     def judge(self, pool: pd.DataFrame) -> pd.DataFrame:
         from pymatgen.core import Structure
@@ -161,8 +162,8 @@ class MoleculeStudy:
     def robustness(self, model, budgets: list[float], steps: int) -> dict:
         return model.robustness(self.test_graphs, self.y_test, budgets, steps, seed=self.seed)
 
-    def predict(self, model, pool: pd.DataFrame) -> np.ndarray:
-        return model.predict(pool[TEXT_COLUMN].tolist())[0]
+    def predict(self, model, pool: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        return model.predict(pool[TEXT_COLUMN].tolist())
 
     def judge(self, pool: pd.DataFrame) -> pd.DataFrame:
         from rdkit import Chem
