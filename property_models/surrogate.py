@@ -9,8 +9,9 @@ Members differ in their initialisation and batch order; the ensemble predicts th
 its uncertainty, their standard deviation (Lakshminarayanan et al., 2017). With ``forest_weight``
 the ensemble also holds a random forest on the descriptors alone (:mod:`property_models.forest`)
 and predicts the weighted geometric mean (arithmetic without ``log_target``) of the members' mean
-and the forest; the uncertainty stays the members' spread, and fine-tuning leaves the forest as it
-is.
+and the forest; the uncertainty stays the members' spread. The ensemble keeps the forest's training
+rows (descriptors and targets), so fine-tuning refits the forest on them plus the new rows (exact
+duplicates, such as replayed labels, counted once).
 
 Targets are standardised per column, after a logarithm with ``log_target`` (barriers are positive
 and spread over decades; the members' predictions are averaged in physical units). With
@@ -180,13 +181,15 @@ class SurrogateEnsemble:
     """Members plus the target scaling; :meth:`predict` gives mean and standard deviation."""
 
     def __init__(self, cfg: SurrogateConfig, members: list[CrystalGraphNet], mean: torch.Tensor, std: torch.Tensor,
-                 info: dict | None = None, forests: list[ForestArrays] | None = None):
+                 info: dict | None = None, forests: list[ForestArrays] | None = None,
+                 forest_data: tuple[np.ndarray, np.ndarray] | None = None):
         self.cfg = cfg
         self.members = [m.eval() for m in members]
         self.mean = mean
         self.std = std
         self.info = info or {}
         self.forests = forests or []
+        self.forest_data = forest_data  # (u [N, D], y [N, T]) the forests were fitted on
         if cfg.forest_weight > 0 and len(self.forests) != len(cfg.targets):
             raise ValueError(f"forest_weight={cfg.forest_weight} needs one forest per target; this ensemble has "
                              f"{len(self.forests)} for {len(cfg.targets)} targets")
@@ -208,8 +211,12 @@ class SurrogateEnsemble:
         return Prediction(mean, stack.std(0, unbiased=False).numpy())
 
     def save(self, path: str | Path) -> Path:
+        extra = {}
+        if self.forest_data is not None:
+            extra = {"forest_u": torch.as_tensor(self.forest_data[0]), "forest_y": torch.as_tensor(self.forest_data[1])}
         blob = ensemble_blob(FORMAT, VERSION, self.cfg, self.members, target_mean=self.mean.cpu(),
-                             target_std=self.std.cpu(), info=self.info, forests=[f.state() for f in self.forests])
+                             target_std=self.std.cpu(), info=self.info, forests=[f.state() for f in self.forests],
+                             **extra)
         return save_torch_file(blob, path)
 
     @classmethod
@@ -225,16 +232,22 @@ class SurrogateEnsemble:
             m.load_state_dict(state)
             members.append(m.to(dev))
         forests = [ForestArrays.from_state(f) for f in blob.get("forests", [])]
-        return cls(cfg, members, blob["target_mean"], blob["target_std"], blob.get("info", {}), forests)
+        data = (blob["forest_u"].numpy(), blob["forest_y"].numpy()) if "forest_u" in blob else None
+        return cls(cfg, members, blob["target_mean"], blob["target_std"], blob.get("info", {}), forests, data)
 
 
-def fit_forests(cfg: SurrogateConfig, graphs: list[Data], y: np.ndarray, log: bool | None = None,
+def descriptor_rows(graphs: list[Data]) -> np.ndarray:
+    """[N, D] the graphs' raw descriptors."""
+    return torch.cat([g.u for g in graphs]).numpy()
+
+
+def fit_forests(cfg: SurrogateConfig, graphs: list[Data] | np.ndarray, y: np.ndarray, log: bool | None = None,
                 seed: int | None = None) -> list[ForestArrays]:
-    """One random forest per target column on the graphs' raw descriptors ``u`` (learning the
-    logarithm of the target with ``log``, default ``cfg.log_target``)."""
+    """One random forest per target column on the raw descriptors ``u`` of ``graphs`` (or the rows
+    [N, D] given), learning the logarithm of the target with ``log`` (default ``cfg.log_target``)."""
     log = cfg.log_target if log is None else log
-    u = torch.cat([g.u for g in graphs]).numpy()
-    y = np.asarray(y, dtype=float).reshape(len(graphs), -1)
+    u = graphs if isinstance(graphs, np.ndarray) else descriptor_rows(graphs)
+    y = np.asarray(y, dtype=float).reshape(len(u), -1)
     seed = cfg.seed if seed is None else seed
     return [ForestArrays.fit(u, np.log(np.clip(col, 1e-3, None)) if log else col, cfg.forest_trees, seed=seed)
             for col in y.T]
@@ -244,7 +257,7 @@ def predict_forests(cfg: SurrogateConfig, forests: list[ForestArrays], graphs: l
                     log: bool | None = None) -> np.ndarray:
     """[N, T] the forests' predictions in physical units."""
     log = cfg.log_target if log is None else log
-    u = torch.cat([g.u for g in graphs]).numpy()
+    u = descriptor_rows(graphs)
     cols = [f.predict(u)[0] for f in forests]
     return np.stack([np.exp(c) if log else c for c in cols], axis=1)
 
@@ -410,7 +423,15 @@ def finetune_ensemble(ens: SurrogateEnsemble, graphs: list[Data], y: np.ndarray,
         members.append(model.eval())
     info = {**ens.info, "finetuned": [*ens.info.get("finetuned", []),
                                       {"n": len(graphs), "epochs": epochs, "wall_s": time.perf_counter() - start}]}
-    return SurrogateEnsemble(cfg, members, ens.mean, ens.std, info, ens.forests)
+    forests, data = ens.forests, ens.forest_data
+    if cfg.forest_weight > 0 and data is not None:  # refit on the kept rows plus the new ones, each row once
+        rows = np.concatenate([np.hstack([data[0], data[1]]),
+                               np.hstack([descriptor_rows(graphs), np.asarray(y, np.float32).reshape(len(graphs), -1)])])
+        rows = rows[np.sort(np.unique(rows, axis=0, return_index=True)[1])]
+        n_u = data[0].shape[1]
+        data = (rows[:, :n_u].astype(np.float32), rows[:, n_u:].astype(np.float32))
+        forests = fit_forests(cfg, data[0], data[1], seed=cfg.seed + seed)
+    return SurrogateEnsemble(cfg, members, ens.mean, ens.std, info, forests, data)
 
 
 def train_ensemble(cfg: SurrogateConfig, graphs: list[Data], y: np.ndarray) -> SurrogateEnsemble:
@@ -437,6 +458,9 @@ def train_ensemble(cfg: SurrogateConfig, graphs: list[Data], y: np.ndarray) -> S
         log.info("surrogate member %d/%d: kept epoch %d, inner-val loss %s (%.0f s so far)", k + 1, cfg.members,
                  st["best_epoch"], "-" if st["val_loss"] is None else f"{st['val_loss']:.4f}",
                  time.perf_counter() - start)
-    forests = fit_forests(cfg, graphs, y) if cfg.forest_weight > 0 else []
+    forests, data = [], None
+    if cfg.forest_weight > 0:
+        data = (descriptor_rows(graphs), y.astype(np.float32))
+        forests = fit_forests(cfg, data[0], data[1])
     info = {"n_train": len(graphs), "members": stats, "wall_s": time.perf_counter() - start, "device": str(device)}
-    return SurrogateEnsemble(cfg, members, mean, std, info, forests)
+    return SurrogateEnsemble(cfg, members, mean, std, info, forests, data)

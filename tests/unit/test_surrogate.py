@@ -9,8 +9,9 @@ from pymatgen.core import Lattice, Structure
 from scipy.stats import spearmanr
 
 from property_models.barriers import element_mean_baseline, group_split, metrics
+from property_models.descriptors import NAMES as DESCRIPTOR_NAMES
 from property_models.graphs import structure_graph
-from property_models.surrogate import SurrogateConfig, SurrogateEnsemble, train_ensemble
+from property_models.surrogate import SurrogateConfig, SurrogateEnsemble, finetune_ensemble, train_ensemble
 
 
 def test_graph_has_periodic_edges_with_true_distances():
@@ -218,6 +219,9 @@ def test_forest_blend_is_the_weighted_geometric_mean_and_survives_save_load(real
     np.testing.assert_allclose(ens.predict(graphs).mean, members ** 0.75 * forest ** 0.25, rtol=1e-5)
     back = SurrogateEnsemble.load(ens.save(tmp_path / "blend.pt"))
     np.testing.assert_allclose(back.predict(graphs).mean, ens.predict(graphs).mean, rtol=1e-6)
+    assert back.forest_data[0].shape == (30, len(DESCRIPTOR_NAMES))
+    tuned = finetune_ensemble(back, graphs[:10] + graphs[:5], np.concatenate([y[:10] * 2, y[:5]]), epochs=1)
+    assert len(tuned.forest_data[0]) == 40  # 30 kept + 10 new rows; the 5 repeated (replayed) rows once
     with pytest.raises(ValueError, match="differentiable"):
         robustness(back, graphs, y[:, 0], [0, 0.1])
     with pytest.raises(ValueError, match="descriptors"):
