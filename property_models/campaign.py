@@ -313,7 +313,9 @@ def eligible_head(cfg: RunConfig, table: pd.DataFrame, k: int, oracle: BVSEOracl
     screened, pos = 0, 0
     skipped: dict[str, int] = {}
     while len(keep) < k and pos < len(table):
-        chunk = list(range(pos, min(len(table), pos + max(k - len(keep), 4))))
+        # about half of the generated Li candidates fail a screen: test twice what is missing at once (each
+        # oracle call starts its worker pool, so many small calls cost more than a few extra structures)
+        chunk = list(range(pos, min(len(table), pos + max(2 * (k - len(keep)), 16))))
         pos = chunk[-1] + 1
         structures = [Structure.from_str(t, fmt="cif") for t in table[TEXT_COLUMN].iloc[chunk]]
         reasons: list[str | None] = [None] * len(chunk)
