@@ -461,10 +461,13 @@ def enrichment(cfg: RunConfig, ranked: pd.DataFrame, out_dir: Path, verifier: Ve
             fresh = part["verified_in_round"].isna().to_numpy() if "verified_in_round" in part else np.ones(len(part), bool)
             result["top_fresh"] = {"n": int(fresh.sum()), "hits": int(hits[fresh].sum()),
                                    "hit_fraction": float(hits[fresh].mean()) if fresh.any() else math.nan}
-    base_rate = result["baseline"]["hit_fraction"]
-    result["enrichment_vs_quantile"] = result["top"]["hit_fraction"] / v.hit_quantile
     top_rate = result["top"]["hit_fraction"]
-    result["enrichment_vs_baseline"] = top_rate / base_rate if base_rate else (math.inf if top_rate else math.nan)
+    result["enrichment_vs_quantile"] = top_rate / v.hit_quantile
+    for name in ("baseline", "baseline_eligible"):
+        if name in result:  # a ratio to a zero (or missing) rate is undefined: null, not Infinity, in the JSON
+            base_rate = result[name]["hit_fraction"]
+            ok = base_rate and math.isfinite(base_rate) and math.isfinite(top_rate)
+            result[f"enrichment_vs_{name}"] = top_rate / base_rate if ok else None
     atomic_write_text(Path(out_dir) / "enrichment.json", json.dumps(result, indent=2))
     return result
 

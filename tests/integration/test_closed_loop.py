@@ -82,6 +82,8 @@ def test_final_ranking_and_enrichment(loop):
     enrich = json.loads((out / "enrichment.json").read_text())
     assert enrich["top"]["n"] == min(4, len(ranked)) and enrich["top_screened"] == enrich["top"]["n"]
     assert enrich["baseline"]["n"] == min(4, len(ranked)) and "baseline_eligible" not in enrich
+    ratio = enrich["enrichment_vs_baseline"]  # undefined against a zero baseline rate: null, never Infinity
+    assert (ratio is None) == (not enrich["baseline"]["hit_fraction"]) and (ratio is None or ratio >= 0)
     top = pd.read_csv(out / "enrichment_top.csv")
     assert top["id"].tolist() == ranked["id"].head(len(top)).tolist()
     assert (top["oracle_ok"] | (top["oracle_failure"].fillna("") != "")).all()  # a failure has its reason
