@@ -72,7 +72,9 @@ def charge_balanced_palette(
     """
     out = palette.clone()
     changed = 0
-    lp, pal, cnt = log_prob.cpu(), palette.cpu().tolist(), counts.cpu().tolist()
+    # plain NumPy / lists here: per-crystal tensor indexing made this loop the slowest part of sampling
+    lp, pal, cnt = log_prob.detach().cpu().numpy(), palette.cpu().tolist(), counts.cpu().tolist()
+    m = min(top + 1, lp.shape[-1])
     for b in range(len(pal)):
         used = [k for k in range(len(pal[b])) if pal[b][k] > 0 and cnt[b][k] > 0]
         if not used:
@@ -83,9 +85,10 @@ def charge_balanced_palette(
             continue
         options = []
         for k, z in zip(used, els, strict=True):
-            best = torch.topk(lp[b, k], min(top + 1, lp.shape[-1]))
-            zs = [z] + [int(i) for i, v in zip(best.indices, best.values, strict=True) if int(i) not in (0, z) and v > -float("inf")]
-            options.append([(zz, float(lp[b, k, zz])) for zz in zs[: top + 1]])
+            row = lp[b, k]
+            best = np.argsort(-row, kind="stable")[:m]  # the m most probable elements, best first
+            zs = [z] + [int(i) for i in best if int(i) not in (0, z) and row[i] > -np.inf]
+            options.append([(zz, float(row[zz])) for zz in zs[: top + 1]])
         combos = sorted(itertools.product(*options), key=lambda c: -sum(x[1] for x in c))
         tried = 0
         for combo in combos:
