@@ -59,6 +59,24 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def strict_json(obj: Any, **kwargs: Any) -> str:
+    """JSON text that strict parsers accept: NaN and infinities (undefined rates, empty sets) become
+    null instead of the non-standard ``NaN`` / ``Infinity`` tokens ``json.dumps`` writes."""
+    import json
+    import math
+
+    def clean(x: Any) -> Any:
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+
+    return json.dumps(clean(obj), allow_nan=False, **kwargs)
+
+
 def ensemble_blob(fmt: str, version: int, config: Any, members: list[torch.nn.Module], **extra: Any) -> dict:
     """What an ensemble file holds: its format tag and version, the (dataclass) config as a dict,
     every member's weights on the CPU, and ``extra`` entries (scalings, info)."""

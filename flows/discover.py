@@ -20,7 +20,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 
 from design.config import config_from_dict, generator_key
-from design.utils import atomic_write_text
+from design.utils import atomic_write_text, strict_json
 from flows.train import train_generator
 
 
@@ -171,7 +171,7 @@ def discover(config: dict, out_dir: str | None = None) -> dict:
             **({"closed_loop": closing} if closed else {}),
         }
         mlflow.log_metrics({"wall_s": wall, "ranked_candidates": len(ranked)})
-        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+        atomic_write_text(out / "summary.json", strict_json(summary, indent=2))
         mlflow.log_artifact(str(out / "summary.json"))
     logger.info(
         "discover finished in %.0fs: final round generated %d, structural validity %.3f, compositional validity "

@@ -38,7 +38,7 @@ from design.data.sources import cache_dir, resolve, sha256_of
 from design.generation.loop import accepted_table, round_dir
 from design.generation.ranking import rank_table
 from design.generation.tables import TEXT_COLUMN, read_table, write_table
-from design.utils import atomic_write_text
+from design.utils import atomic_write_text, strict_json
 from property_models.barriers import load_labelled, spearman
 from property_models.bvse import BVSEOracle, BVSESettings
 from property_models.labels import mentions_element, oracle_cap
@@ -352,7 +352,7 @@ def verify_round(cfg: RunConfig, k: int, out_dir: Path, verifier: Verifier, thre
     write_table(ver, rdir / "verified.csv.gz")
     metrics = verification_metrics(ver, verifier.censored(ver[f"ver_{cfg.surrogate.target}"]), col, threshold)
     metrics.update(screen)
-    atomic_write_text(rdir / "verify.json", json.dumps(metrics, indent=2))
+    atomic_write_text(rdir / "verify.json", strict_json(metrics, indent=2))
     return metrics
 
 
@@ -468,7 +468,7 @@ def enrichment(cfg: RunConfig, ranked: pd.DataFrame, out_dir: Path, verifier: Ve
             base_rate = result[name]["hit_fraction"]
             ok = base_rate and math.isfinite(base_rate) and math.isfinite(top_rate)
             result[f"enrichment_vs_{name}"] = top_rate / base_rate if ok else None
-    atomic_write_text(Path(out_dir) / "enrichment.json", json.dumps(result, indent=2))
+    atomic_write_text(Path(out_dir) / "enrichment.json", strict_json(result, indent=2))
     return result
 
 

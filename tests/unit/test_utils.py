@@ -39,3 +39,13 @@ def test_file_lock_makes_a_second_holder_wait(tmp_path):
     with file_lock(lock, on_wait=lambda: waited.append(False)):
         pass
     assert waited == [True]  # a free lock is taken without waiting
+
+
+def test_strict_json_writes_null_for_undefined_numbers():
+    import json
+
+    from design.utils import strict_json
+
+    text = strict_json({"rate": float("nan"), "ratio": float("inf"), "rows": [1.5, float("-inf")], "n": 3})
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"rate": None, "ratio": None, "rows": [1.5, None], "n": 3}
