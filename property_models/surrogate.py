@@ -460,7 +460,7 @@ def train_ensemble(cfg: SurrogateConfig, graphs: list[Data], y: np.ndarray) -> S
                  time.perf_counter() - start)
     forests, data = [], None
     if cfg.forest_weight > 0:
-        data = (descriptor_rows(graphs), y.astype(np.float32))
+        data = (descriptor_rows(graphs), np.asarray(y, np.float32).reshape(len(graphs), -1))
         forests = fit_forests(cfg, data[0], data[1])
     info = {"n_train": len(graphs), "members": stats, "wall_s": time.perf_counter() - start, "device": str(device)}
     return SurrogateEnsemble(cfg, members, mean, std, info, forests, data)
