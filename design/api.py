@@ -26,7 +26,7 @@ from design.config import RunConfig
 from design.domains import build_domain
 from design.domains.base import Candidate, Domain
 from design.models import VAEGAN, build_model
-from design.models.latent_prior import GaussianPrior
+from design.models.latent_prior import GaussianPrior, MixturePrior
 from design.training.checkpoint import CheckpointError, checkpoint_config, load_checkpoint
 from design.utils import resolve_device
 
@@ -213,9 +213,14 @@ class Generator:
             mu = torch.cat([mu, extra.to(mu)])
         return GaussianPrior.fit_shrunk(mu, self.latent_prior)
 
-    def prior_for(self, target: dict[str, float] | None, focus: int | None, feedback: list | None = None) -> GaussianPrior:
-        """The prior to sample: :meth:`focused_prior` (also covering the encodings of the
-        ``feedback`` objects) when there is a target and a ``focus``, else the fitted prior."""
+    def prior_for(self, target: dict[str, float] | None, focus: int | None, feedback: list | None = None,
+                  spread: float | None = None) -> GaussianPrior | MixturePrior:
+        """The prior to sample: with ``feedback`` objects and a ``spread``, a mixture of Gaussians
+        around their encodings (the fitted prior's shape scaled by ``spread``); else with a target
+        and a ``focus``, :meth:`focused_prior` (also covering the feedback's encodings); else the
+        fitted prior."""
+        if feedback and spread:
+            return MixturePrior.around(self.latent_means(feedback), self.latent_prior, spread)
         if not (target and focus):
             return self.latent_prior
         return self.focused_prior(target, focus, self.latent_means(feedback) if feedback else None)
@@ -249,7 +254,7 @@ class Generator:
         batch_size: int | None = None,
         score: bool = True,
         constrained: bool | None = None,
-        prior: GaussianPrior | None = None,
+        prior: GaussianPrior | MixturePrior | None = None,
     ) -> GeneratedBatch:
         """Sample ``n`` tensors (one generator call per batch) and, with ``score``, their scores
         (see :meth:`score`); without it ``scores`` is empty, which is faster when only the
@@ -276,7 +281,8 @@ class Generator:
             batch = self.model.generator.head.sample(
                 raw, tau=1.0, temperature=temperature, generator=gen, constrained=bool(constrained)
             )
-            parts.append(self.domain.batch_to_tensors(batch).to("cpu"))
+            tensors = self.domain.batch_to_tensors(batch).to("cpu")
+            parts.append(self.domain.decoding_rules(tensors) if constrained else tensors)
         tensors = parts[0] if len(parts) == 1 else _concat(parts)
         return GeneratedBatch(tensors, self.score(tensors, bs) if score else {})
 
@@ -300,10 +306,11 @@ class Generator:
     def candidates(self, batch: GeneratedBatch, id_prefix: str = "g", check: bool = True) -> list[Candidate]:
         cls = _CANDIDATE_TYPES.get(self.domain.name, Candidate)
         objs = self.domain.decode(batch.tensors)
+        checks = self.domain.check_many(objs) if check else [None] * len(objs)
         out = []
-        for i, obj in enumerate(objs):
+        for i, (obj, report) in enumerate(zip(objs, checks, strict=True)):
             sc = {k: float(v[i]) for k, v in batch.scores.items()}
-            out.append(cls(id=f"{id_prefix}{i:06d}", obj=obj, scores=sc, check=self.domain.check(obj) if check else None))
+            out.append(cls(id=f"{id_prefix}{i:06d}", obj=obj, scores=sc, check=report))
         return out
 
     def generate(

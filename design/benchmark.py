@@ -120,7 +120,7 @@ def run_crystal_benchmark(
     structures = domain.decode(batch.tensors)
     t["decode"] = time.perf_counter() - start
     start = time.perf_counter()
-    checks = [domain.check(s) for s in structures]
+    checks = domain.check_many(structures)
     t["check"] = time.perf_counter() - start
     log.info("sampled, decoded and checked %d crystals in %.1fs", n, t["sample"] + t["decode"] + t["check"])
 
@@ -193,7 +193,7 @@ def discovery_step(generator: Generator, tensors: Any, objs: list, checks: list 
     index = ReferenceIndex.build(domain, train_objs)
     times["setup_training_index"] = time.perf_counter() - start
     start = time.perf_counter()
-    checks = checks if checks is not None else [domain.check(o) for o in objs]
+    checks = checks if checks is not None else domain.check_many(objs)
     cands = [
         Candidate(id=f"b{i:06d}", obj=o, scores={k: float(v[i]) for k, v in scores.items()}, check=c)
         for i, (o, c) in enumerate(zip(objs, checks, strict=True))

@@ -134,6 +134,12 @@ class Domain(ABC):
     def detach_species(self, batch: Any) -> Any:
         """The batch with its discrete choices (elements, atom types) cut from the autograd graph."""
 
+    def decoding_rules(self, tensors: Any) -> Any:
+        """Sampled hard tensors after the domain's inference-time rules that act on whole samples
+        (``generate.constrained_decoding``; rules inside the decoder head come with its ``sample``).
+        Identity by default."""
+        return tensors
+
     def detach_cell(self, batch: Any) -> Any:
         """The batch with its periodic cell cut from the autograd graph (identity for domains
         without one)."""
@@ -161,6 +167,10 @@ class Domain(ABC):
         object is well formed: crystals, atoms apart and a real cell; molecules, RDKit sanitises one
         connected molecule) and ``.compositional`` (its chemistry is acceptable: crystals, SMACT
         charge neutrality and electronegativity; molecules, the MOSES-style filters)."""
+
+    def check_many(self, objs: list) -> list:
+        """:meth:`check` of each object (domains may decide many at once faster)."""
+        return [self.check(o) for o in objs]
 
     @abstractmethod
     def fast_valid(self, tensors: Any) -> torch.Tensor:

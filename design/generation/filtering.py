@@ -77,9 +77,10 @@ def annotate(
     """
     counts = FilterCounts(generated=len(candidates))
     seen = seen if seen is not None else ReferenceIndex(domain)
+    unchecked = [c for c in candidates if c.check is None]
+    for c, report in zip(unchecked, domain.check_many([c.obj for c in unchecked]), strict=True):
+        c.check = report
     for c in candidates:
-        if c.check is None:
-            c.check = domain.check(c.obj)
         counts.valid_structural += int(c.check.structural)
         counts.valid_compositional += int(c.check.compositional)
         c.scores["unique"] = 0.0

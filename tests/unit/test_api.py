@@ -69,11 +69,11 @@ def test_valid_only_keeps_sampling_until_enough_pass(gen, monkeypatch):
         ok = calls["n"] % 5 == 0
         return CrystalCheck(structural=ok, compositional=ok, reasons=() if ok else ("stand-in",))
 
-    monkeypatch.setattr(gen.domain, "check", every_fifth)
+    monkeypatch.setattr(gen.domain, "check_many", lambda objs: [every_fifth(o) for o in objs])
     cands = gen.generate(7, seed=0, valid_only=True)
     assert len(cands) == 7 and all(c.valid for c in cands)
     assert [c.id for c in cands] == [f"s0-{i:06d}" for i in range(7)]
-    monkeypatch.setattr(gen.domain, "check", lambda obj: CrystalCheck(False, False, ("never",)))
+    monkeypatch.setattr(gen.domain, "check_many", lambda objs: [CrystalCheck(False, False, ("never",))] * len(objs))
     with pytest.raises(RuntimeError, match="only 0 of 2 valid candidates"):
         gen.generate(2, seed=0, valid_only=True, max_tries=2)
 

@@ -6,9 +6,11 @@ from pymatgen.core import Lattice, Structure
 
 from design.domains.crystal import CrystalDomain
 from design.domains.crystal.tensors import (
+    CrystalTensors,
     EncodeError,
     cell_volume,
     cholesky_to_params,
+    decode,
     encode_structure,
     image_distances,
     lattice_matrix,
@@ -32,6 +34,23 @@ def test_round_trip_on_real_structures(real_structures):
     # decoding and re-encoding is a fixed point of the tensor form
     again = dom.encode(back)
     assert torch.equal(again.z, t.z)
+
+
+def test_decode_builds_what_pymatgen_builds_from_atomic_numbers():
+    """decode shares one species object per element among sites; the structures are the ones
+    pymatgen builds from atomic numbers, non-finite lattices and coordinates outside [0, 1) included."""
+    rng = torch.Generator().manual_seed(0)
+    z = torch.randint(0, 40, (30, 6), generator=rng)
+    frac = torch.rand(30, 6, 3, generator=rng) * 3 - 1
+    lattice = params_to_cholesky(torch.tensor([[4.0, 5.0, 6.0, 80.0, 95.0, 100.0]]).repeat(30, 1))
+    lattice[0, 0], lattice[1, 3] = float("nan"), float("inf")
+    out = decode(CrystalTensors(z, frac, lattice))
+    mats = np.nan_to_num(lattice_matrix(lattice.double()).numpy(), nan=1e-3, posinf=1e3, neginf=-1e3)
+    for zi, fi, mi, s in zip(z.numpy(), frac.double().numpy(), mats, out, strict=True):
+        keep = zi > 0
+        ref = Structure(Lattice(mi), zi[keep].tolist(), np.mod(fi[keep], 1.0))
+        assert s.as_dict() == ref.as_dict()
+        assert [site.species for site in s] == [site.species for site in ref]
 
 
 def test_padding_and_site_order():

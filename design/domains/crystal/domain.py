@@ -112,6 +112,10 @@ class CrystalDomain(Domain):
     def check(self, obj: Structure) -> checks.CrystalCheck:
         return checks.check(obj, self.max_elements_smact)
 
+    def check_many(self, objs: list[Structure]) -> list[checks.CrystalCheck]:
+        """:meth:`check` of each structure, the structural stage vectorised over all of them."""
+        return checks.check_many(objs, self.max_elements_smact)
+
     def fast_valid(self, t: CrystalTensors) -> torch.Tensor:
         """Structural validity on tensors: occupied-pair distances (27 images) > 0.5 A, volume > 0.1 A^3."""
         occ = (t.z > 0).float()

@@ -25,13 +25,15 @@ same prototype fills the same slots.
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from pymatgen.core import Lattice, Structure
+from pymatgen.core import Composition, Lattice, Structure
+from pymatgen.core.periodic_table import get_el_sp
 
 from design.domains.crystal.elements import N_SPECIES, tables
 
@@ -240,11 +242,19 @@ def stack(parts: list[tuple[np.ndarray, ...]], max_sites: int) -> CrystalTensors
 def decode(tensors: CrystalTensors) -> list[Structure]:
     """Hard tensors -> pymatgen structures (empty slots dropped). Always returns one structure per row."""
     z = tensors.z.cpu().numpy()
-    frac = tensors.frac.detach().cpu().double().numpy()
+    frac = np.mod(tensors.frac.detach().cpu().double().numpy(), 1.0)
     mats = lattice_matrix(tensors.lattice.detach().cpu().double()).numpy()
+    mats = np.nan_to_num(mats, nan=1e-3, posinf=1e3, neginf=-1e3)
     out = []
     for zi, fi, mi in zip(z, frac, mats, strict=True):
         keep = zi > 0
-        lattice = Lattice(np.nan_to_num(mi, nan=1e-3, posinf=1e3, neginf=-1e3))
-        out.append(Structure(lattice, zi[keep].tolist(), np.mod(fi[keep], 1.0), coords_are_cartesian=False))
+        species = [site_species(x) for x in zi[keep].tolist()]
+        out.append(Structure(Lattice(mi), species, fi[keep], coords_are_cartesian=False))
     return out
+
+
+@functools.lru_cache(maxsize=N_SPECIES)
+def site_species(z: int) -> Composition:
+    """The species of a fully occupied site of element ``z``: what pymatgen builds from the atomic
+    number, made once per element (a Composition is immutable, so sites can share it)."""
+    return Composition({get_el_sp(z): 1})
