@@ -191,7 +191,8 @@ class GenerateConfig(_Section):
         True,
         description="inference-time decoding rules of the domain (crystals: merge duplicate same-element "
         "sites, pick the most probable charge-balanced elements, scale the cell to the composition's "
-        "fitted volume); false gives the raw samples",
+        "fitted volume; molecules: open rings of 8 or more atoms that far-reaching SELFIES ring tokens wrote); "
+        "false gives the raw samples",
     )
     latent_prior: Literal["fitted", "standard"] = Field(
         "fitted", description="sample z from a Gaussian fitted to the encoded training set, or from N(0, I)"
@@ -202,6 +203,11 @@ class GenerateConfig(_Section):
     prior_focus: int | None = Field(
         None, ge=2, description="with a target: sample z from a Gaussian over the latent means of the N training "
         "samples nearest to the target (see Generator.focused_prior); null uses the whole fitted prior",
+    )
+    feedback_spread: float | None = Field(
+        None, gt=0, description="campaigns with feedback (verified hits, best candidates so far): sample z from "
+        "Gaussians around the feedback's encodings, each the fitted prior's shape scaled by this (a local search); "
+        "null folds the feedback into the focused prior's single Gaussian",
     )
 
 
@@ -298,6 +304,61 @@ class VerifySection(_Section):
     )
 
 
+class ActivitySection(_Section):
+    """A goal-directed molecule campaign: activity ensembles (``invdes activity``) score every round's
+    accepted candidates (columns ``act_<target>`` and ``act_<target>_std``, and ``act_min`` for the least
+    active target; ``qed`` and ``sa`` are exact RDKit values), the best ranked so far steer the next round's latent prior, and the end reports the
+    final ranking's success rate (``property_models/goal.py``)."""
+
+    targets: tuple[Literal["gsk3", "jnk3"], ...] = Field(
+        ("gsk3",), description="activity models a candidate must satisfy (all of them: [gsk3, jnk3] is the dual goal)"
+    )
+    models: dict[str, str] = Field(
+        default_factory=dict, description="target -> saved ensemble (`invdes activity --out`); a target without "
+        "one uses runs/activity/<target>.pt, trained on the scaffold train split when missing",
+    )
+    datasets: dict[str, str] = Field(
+        default_factory=dict, description="target -> labelled CSV (smiles and a 0/1 column named after the target, "
+        "relative to the data root or absolute) replacing the shipped set, e.g. in-house assay data; used to "
+        "train a missing model, seed round 0, mark rediscoveries and fit the judge",
+    )
+    members: int = Field(3, ge=1, description="ensemble members when a model is trained here")
+    epochs: int = Field(10, ge=1, description="epochs per member when a model is trained here")
+    active_threshold: float = Field(0.5, gt=0, lt=1, description="predicted probability that counts as active")
+    qed_min: float = Field(0.6, ge=0, le=1, description="a success has QED at least this")
+    sa_max: float = Field(4.0, ge=1, le=10, description="a success has an SA score at most this")
+    seed_actives: int = Field(
+        200, ge=0, description="labelled actives (those the models rate best on every target) whose encodings "
+        "join round 0's latent prior; 0 starts from the generator's own prior",
+    )
+    feedback_top: int = Field(200, ge=0, description="best-ranked novel candidates so far whose encodings form "
+                              "the next round's latent prior (with generate.prior_focus training molecules)")
+    finetune_epochs: int = Field(
+        10, ge=0, description="before each round the generator is fine-tuned (maximum likelihood, "
+        "design/training/finetune.py) for this many passes over that round's feedback molecules, continuing from "
+        "the previous round's: a hill climb toward the goal; 0 keeps the trained generator",
+    )
+    finetune_lr: float = Field(1e-3, gt=0, description="learning rate of that fine-tuning")
+    final_top: int = Field(1000, ge=1, description="best-ranked novel candidates the final report describes")
+    baseline: int = Field(1000, ge=1, description="valid samples of the unsteered generator scored as the baseline")
+    judge_trees: int = Field(300, ge=10, description="trees of the Morgan random forest that judges the final "
+                             "candidates (an independent model; a gap to the GNN's rate shows exploitation)")
+
+    @model_validator(mode="after")
+    def _targets(self) -> ActivitySection:
+        if len(set(self.targets)) != len(self.targets) or not self.targets:
+            raise ValueError(f"activity.targets={list(self.targets)} must name one or more distinct targets")
+        for key in ("models", "datasets"):
+            unknown = sorted(set(getattr(self, key)) - set(self.targets))
+            if unknown:
+                raise ValueError(f"activity.{key} names {unknown}, which are not in activity.targets {list(self.targets)}")
+        return self
+
+    @property
+    def columns(self) -> list[str]:
+        return [f"act_{t}" for t in self.targets]
+
+
 class TrackingConfig(_Section):
     uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///<cwd>/mlflow.db")
     experiment: str = "crystal-discovery"
@@ -325,6 +386,7 @@ class RunConfig(_Section):
     rank: RankConfig = RankConfig()
     surrogate: SurrogateSection | None = None
     verify: VerifySection | None = None
+    activity: ActivitySection | None = None
     tracking: TrackingConfig = TrackingConfig()
     output: OutputConfig = OutputConfig()
     molecule: MoleculeConfig | None = Field(None, description="molecule-domain settings (domain: molecule only)")
@@ -346,6 +408,8 @@ class RunConfig(_Section):
         rankable = props | ({self.surrogate.column} if self.surrogate else set())
         if self.surrogate is not None and self.surrogate.stability:
             rankable |= {"stab_excess", "stab_excess_percentile"}
+        if self.activity is not None:
+            rankable |= set(self.activity.columns) | {"act_min", "qed", "sa"}
         for where, keys, known in (
             ("generate.target", (self.generate.target or {}).keys(), props),
             ("rank.property_weights", self.rank.property_weights.keys(), rankable),
@@ -356,8 +420,12 @@ class RunConfig(_Section):
                 raise ValueError(
                     f"{where} names {unknown}, which the model does not predict; "
                     f"use one of {sorted(known)} (data.properties, or sur_<target> with a surrogate section, "
-                    "stab_excess[_percentile] with surrogate.stability)"
+                    "stab_excess[_percentile] with surrogate.stability, act_<target>, act_min, qed and sa with an "
+                    "activity section)"
                 )
+        if self.activity is not None and (self.domain != "molecule" or self.verify is not None):
+            raise ValueError("an activity section applies to domain: molecule without a verify section; "
+                             "remove it, or set domain: molecule and remove surrogate/verify")
         if self.verify is not None and self.surrogate is None:
             raise ValueError("a verify section needs a surrogate section (the model that ranks what is verified)")
         if self.generate.prior_focus is not None and not self.generate.target:

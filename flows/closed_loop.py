@@ -44,14 +44,16 @@ def prepare_task(config_data: dict, out_dir: str) -> dict:
 
 
 @task(name="feedback-hits", cache_policy=NO_CACHE)
-def feedback_task(config_data: dict, k: int, out_dir: str, threshold: float, cap: float) -> list[str]:
-    """CIF texts of the hits verified before round ``k`` (empty without ``verify.feedback``)."""
+def steer_task(config_data: dict, k: int, out_dir: str, models: dict, checkpoint: str) -> dict:
+    """Round ``k``'s feedback, the CIF texts of the hits verified before it (none without
+    ``verify.feedback``), and the generator to sample it from (the trained one)."""
     from property_models import campaign
 
     cfg = config_from_dict(config_data)
     if not cfg.verify.feedback:
-        return []
-    return [s.to(fmt="cif") for s in campaign.verified_hits(cfg, Path(out_dir), k, threshold, cap)]
+        return {"feedback": [], "checkpoint": checkpoint}
+    hits = campaign.verified_hits(cfg, Path(out_dir), k, models["threshold"], models["cap"])
+    return {"feedback": [s.to(fmt="cif") for s in hits], "checkpoint": checkpoint}
 
 
 @task(name="score-round", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
@@ -76,8 +78,22 @@ def learn_task(config_data: dict, k: int, out_dir: str, surrogate: str, cap: flo
     return str(campaign.learn_round(config_from_dict(config_data), k, Path(out_dir), surrogate, cap))
 
 
+def round_tasks(config_data: dict, k: int, out_dir: str, models: dict) -> None:
+    """Round ``k`` after its generate and filter steps: score, verify, learn."""
+    score_task(config_data, k, out_dir, models["surrogate"])
+    verify_task(config_data, k, out_dir, models["threshold"])
+    learn_task(config_data, k, out_dir, models["surrogate"], models["cap"])
+
+
+def after_round(out_dir: Path, k: int, models: dict) -> dict:
+    """The models the next round uses: the surrogate fine-tuned in round ``k``."""
+    from design.generation.loop import round_dir
+
+    return {**models, "surrogate": str(round_dir(out_dir, k) / "surrogate.pt")}
+
+
 @task(name="final-ranking-and-enrichment", cache_policy=NO_CACHE)
-def final_task(config_data: dict, out_dir: str, surrogate: str, threshold: float) -> dict:
+def final_task(config_data: dict, out_dir: str, models: dict, checkpoint: str) -> dict:
     """``ranked.csv`` (with verified columns), ``top/`` CIFs, ``enrichment.json`` and the plots."""
     from design.domains import build_domain
     from design.generation.loop import write_ranking
@@ -85,6 +101,7 @@ def final_task(config_data: dict, out_dir: str, surrogate: str, threshold: float
 
     cfg = config_from_dict(config_data)
     out = Path(out_dir)
+    surrogate, threshold = models["surrogate"], models["threshold"]
     ranked = campaign.final_ranking(cfg, cfg.generate.rounds, out, surrogate)
     if ranked.empty:
         write_ranking(build_domain(cfg), cfg, ranked, out)

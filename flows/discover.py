@@ -3,7 +3,10 @@
 A config with ``surrogate`` and ``verify`` sections makes it a closed loop (``flows/closed_loop.py``):
 the property models are prepared first, and every round also scores its candidates with the
 surrogate, verifies the best with the oracle and CHGNet and fine-tunes the surrogate; the end ranks
-with the last surrogate and measures enrichment.
+with the last surrogate and measures enrichment. A molecule config with an ``activity`` section makes
+it goal-directed (``flows/goal_directed.py``): activity ensembles score every round, the best so far
+steer the next round's latent prior, and the end reports the top candidates against the unsteered
+generator. Both modules give the same steps (:func:`campaign_steps`).
 
 Everything is recorded in one MLflow run: the resolved config as params, the generator's
 per-epoch losses and monitors (``train/*``), per-round metrics, the ranked candidates as a table
@@ -83,6 +86,20 @@ def _check_campaign_dir(out: Path, cfg_data: dict) -> None:
         )
 
 
+def campaign_steps(cfg):
+    """The module whose tasks extend each round (``prepare_task``, ``steer_task``, ``round_tasks``,
+    ``finished_round``, ``after_round``, ``final_task``), or None for plain generate -> filter -> rank."""
+    if cfg.verify is not None:
+        from flows import closed_loop
+
+        return closed_loop
+    if cfg.activity is not None:
+        from flows import goal_directed
+
+        return goal_directed
+    return None
+
+
 @flow(name="discover")
 def discover(config: dict, out_dir: str | None = None) -> dict:
     """Run a discovery campaign for ``config`` (a validated RunConfig as a dict); return a summary."""
@@ -101,12 +118,8 @@ def discover(config: dict, out_dir: str | None = None) -> dict:
     atomic_write_text(out / "config.json", cfg.model_dump_json(indent=2))
     t0 = time.time()
 
-    closed = cfg.verify is not None
-    if closed:
-        from flows import closed_loop as cl
-
-        models = cl.prepare_task(cfg_data, str(out))
-        surrogate = models["surrogate"]
+    steps = campaign_steps(cfg)
+    models = steps.prepare_task(cfg_data, str(out)) if steps else {}
     checkpoint = train_generator(cfg_data)
 
     experiment_id = store.setup(cfg.tracking.uri, cfg.tracking.experiment)
@@ -121,39 +134,41 @@ def discover(config: dict, out_dir: str | None = None) -> dict:
         rounds = []
         for k in range(cfg.generate.rounds):
             metrics = _finished_round(out, k)
-            verified = cl.finished_round(out, k) if closed and metrics is not None else None
-            if metrics is not None and (not closed or verified is not None):
+            extra = steps.finished_round(out, k) if steps and metrics is not None else None
+            if metrics is not None and (not steps or extra is not None):
                 logger.info("round %d already finished in %s; reusing it", k, out)
             else:
                 if metrics is None:
-                    feedback = cl.feedback_task(cfg_data, k, str(out), models["threshold"], models["cap"]) if closed else []
-                    generate_round_task(checkpoint, cfg_data, k, str(out), feedback)
+                    steer = steps.steer_task(cfg_data, k, str(out), models, checkpoint) if steps else {}
+                    generate_round_task(steer.get("checkpoint", checkpoint), cfg_data, k, str(out),
+                                        steer.get("feedback", []))
                     metrics = filter_round_task(cfg_data, k, str(out))
-                if closed:
-                    cl.score_task(cfg_data, k, str(out), surrogate)
-                    cl.verify_task(cfg_data, k, str(out), models["threshold"])
-                    cl.learn_task(cfg_data, k, str(out), surrogate, models["cap"])
-                    verified = cl.finished_round(out, k)
-            if closed:
-                surrogate = str(round_dir(out, k) / "surrogate.pt")
-                metrics = {**metrics, **verified}
+                if steps:
+                    steps.round_tasks(cfg_data, k, str(out), models)
+                    extra = steps.finished_round(out, k)
+            if steps:
+                models = steps.after_round(out, k, models)
+                metrics = {**metrics, **extra}
             rounds.append({"round": k, **metrics})
             store.log_metrics_series([rounds[-1]], step_key="round", prefix="round/")
 
         closing: dict = {}
-        if closed:
-            closing = cl.final_task(cfg_data, str(out), surrogate, models["threshold"])
-            store.log_closed_loop(out, closing)
+        if steps:
+            closing = steps.final_task(cfg_data, str(out), models, checkpoint)
+            store.log_campaign_end(out, closing)
             ranked_path = out / "ranked.csv"
         else:
             ranked_path = Path(rank_task(cfg_data, str(out)))
         ranked = read_table(ranked_path)
         store.log_candidates(ranked, out, out / "top")
+        # a campaign that fine-tuned its generator registers the last round's (round_k/generator.pt)
+        tuned = [p for k in range(cfg.generate.rounds) if (p := round_dir(out, k) / "generator.pt").is_file()]
         version = store.register_generator(
-            Path(checkpoint),
+            tuned[-1] if tuned else Path(checkpoint),
             cfg.tracking.registered_model,
             cfg.tracking.alias,
-            tags={"generator_key": generator_key(cfg), "run_id": run.info.run_id},
+            tags={"generator_key": generator_key(cfg), "run_id": run.info.run_id,
+                  **({"fine_tuned_from": checkpoint, "fine_tuned_in": str(tuned[-1].parent.name)} if tuned else {})},
         )
         wall = time.time() - t0
         final = rounds[-1]
@@ -163,12 +178,13 @@ def discover(config: dict, out_dir: str | None = None) -> dict:
             "tracking_uri": mlflow.get_tracking_uri(),
             "out_dir": str(out),
             "checkpoint": checkpoint,
+            "registered_checkpoint": str(tuned[-1] if tuned else checkpoint),
             "model_uri": f"models:/{cfg.tracking.registered_model}@{cfg.tracking.alias}",
             "model_version": version,
             "rounds": rounds,
             "ranked": len(ranked),
             "wall_s": wall,
-            **({"closed_loop": closing} if closed else {}),
+            **({"closed_loop" if cfg.verify else "goal": closing} if steps else {}),
         }
         mlflow.log_metrics({"wall_s": wall, "ranked_candidates": len(ranked)})
         atomic_write_text(out / "summary.json", strict_json(summary, indent=2))

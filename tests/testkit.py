@@ -57,9 +57,10 @@ def tiny_molecule_config(**sections):
 
 
 @contextlib.contextmanager
-def campaign_in(work, config_path, overrides=None):
+def campaign_in(work, config_path, overrides=None, out="out"):
     """Run `discover` on a config file (with nested ``overrides``) inside folder ``work`` (its own
-    MLflow store there); yield what the integration tests read: work, cfg, summary, uri."""
+    MLflow store and generator cache there) into ``work / out``; yield what the integration tests
+    read: work, cfg, summary, uri."""
     from design.config import load_config
     from flows.discover import discover
 
@@ -68,9 +69,32 @@ def campaign_in(work, config_path, overrides=None):
     os.chdir(work)
     try:
         cfg = load_config(config_path, overrides)
-        summary = discover(cfg.model_dump(mode="json"), str(work / "out"))
+        summary = discover(cfg.model_dump(mode="json"), str(work / out))
         yield {"work": work, "cfg": cfg, "summary": summary, "uri": f"sqlite:///{work / 'mlflow.db'}"}
     finally:
         os.chdir(old_cwd)
         if old_uri is not None:
             os.environ["MLFLOW_TRACKING_URI"] = old_uri
+
+
+def tiny_activity_files(folder, target="gsk3"):
+    """A labelled CSV of :data:`TINY_ACTIVITY` (as ``target``) and a 2-member ensemble trained on it
+    (seconds): what an ``activity`` section's ``datasets`` and ``models`` point at in tests."""
+    from pathlib import Path
+
+    import numpy as np
+    import pandas as pd
+    import torch
+    from rdkit import Chem
+
+    from property_models.activity import ActivityConfig, mol_graph, train_ensemble
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    csv = folder / f"{target}.csv"
+    pd.DataFrame(TINY_ACTIVITY, columns=["smiles", target]).to_csv(csv, index=False)
+    torch.manual_seed(0)
+    cfg = ActivityConfig(target=target, hidden=32, layers=2, members=2, epochs=40, batch_size=8, lr=3e-3)
+    graphs = [mol_graph(Chem.MolFromSmiles(s)) for s, _ in TINY_ACTIVITY]
+    model = train_ensemble(cfg, graphs, np.array([v for _, v in TINY_ACTIVITY], dtype=float))
+    return csv, model.save(folder / f"{target}.pt")

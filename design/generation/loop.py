@@ -46,12 +46,14 @@ def round_seed(config: RunConfig, k: int) -> int:
 def generate_round(generator: Generator, config: RunConfig, k: int, out_dir: Path, feedback: list | None = None) -> Path:
     """Sample, decode and check ``generate.n_per_round`` candidates; write ``generated.csv.gz``.
 
-    With a target and ``generate.prior_focus``, latent samples come from the focused prior, whose
-    Gaussian also covers the encodings of the ``feedback`` objects (e.g. earlier rounds' verified hits)."""
+    With ``feedback`` objects (e.g. earlier rounds' verified hits or best candidates) and
+    ``generate.feedback_spread``, latent samples come from Gaussians around their encodings; else with
+    a target and ``generate.prior_focus``, from the focused prior, whose Gaussian also covers the
+    feedback's encodings."""
     path = round_dir(out_dir, k) / "generated.csv.gz"
     t0 = time.time()
     target = config.generate.target
-    prior = generator.prior_for(target, config.generate.prior_focus, feedback)
+    prior = generator.prior_for(target, config.generate.prior_focus, feedback, config.generate.feedback_spread)
     batch = generator.sample(config.generate.n_per_round, seed=round_seed(config, k), target=target, prior=prior)
     cands = generator.candidates(batch, id_prefix=f"r{k:02d}-")
     write_table(to_table(cands, generator.domain, round_index=k), path)

@@ -4,6 +4,9 @@ With a small KL weight the aggregate posterior of a VAE drifts away from N(0, I)
 N(0, I) samples lands in regions the decoder never saw. Fitting a full-covariance Gaussian to the
 posterior means of the training crystals after training ("ex-post density estimation", Ghosh et
 al., ICLR 2020) samples where the decoder is competent. Shapes: mean [Z], scale_tril [Z, Z].
+
+:class:`MixturePrior` samples around chosen latent points (e.g. the encodings of a campaign's best
+candidates so far): a local search in latent space, one equal-weight Gaussian per point.
 """
 
 from __future__ import annotations
@@ -60,3 +63,28 @@ class GaussianPrior:
     @classmethod
     def from_state(cls, state: dict[str, torch.Tensor]) -> GaussianPrior:
         return cls(state["mean"], state["scale_tril"])
+
+
+@dataclass
+class MixturePrior:
+    """Equal-weight mixture of Gaussians centred on ``centres`` [M, Z], all with ``scale_tril`` [Z, Z]."""
+
+    centres: torch.Tensor  # [M, Z]
+    scale_tril: torch.Tensor  # [Z, Z]
+
+    @classmethod
+    def around(cls, centres: torch.Tensor, shape: GaussianPrior, spread: float) -> MixturePrior:
+        """Gaussians of ``shape``'s covariance scaled by ``spread`` (so 1 is as wide as ``shape``)."""
+        if len(centres) == 0:
+            raise ValueError("a mixture prior needs at least one centre")
+        if not spread > 0:
+            raise ValueError(f"mixture spread must be > 0, got {spread}")
+        return cls(centres.detach().float(), spread * shape.scale_tril.to(centres.device))
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        pick = torch.randint(len(self.centres), (n,), generator=generator, device=self.centres.device)
+        eps = torch.randn(n, self.centres.shape[1], generator=generator, device=self.centres.device)
+        return self.centres[pick] + eps @ self.scale_tril.T
+
+    def to(self, device: torch.device | str) -> MixturePrior:
+        return MixturePrior(self.centres.to(device), self.scale_tril.to(device))

@@ -100,9 +100,9 @@ def log_candidates(ranked: pd.DataFrame, out_dir: Path, top_dir: Path | None) ->
         mlflow.log_artifacts(str(top_dir), artifact_path="candidates/top")
 
 
-def log_closed_loop(out_dir: Path, result: dict) -> None:
-    """A closed loop's end: enrichment numbers as ``final/*`` metrics, its tables, the per-round
-    verified tables and the figures."""
+def log_campaign_end(out_dir: Path, result: dict) -> None:
+    """A closed or goal-directed campaign's end: its numbers as ``final/*`` metrics (nested dicts
+    flattened one level), its tables, the per-round verified or scored tables and the figures."""
     import mlflow
 
     flat = {}
@@ -117,6 +117,9 @@ def log_closed_loop(out_dir: Path, result: dict) -> None:
             mlflow.log_artifact(str(out_dir / name), artifact_path="closed_loop")
     for path in sorted(out_dir.glob("round_*/verified.csv.gz")):
         mlflow.log_artifact(str(path), artifact_path=f"closed_loop/{path.parent.name}")
+    for name in ("goal.json", "goal_top.csv", "goal_baseline.csv", "seed_actives.csv"):
+        if (out_dir / name).is_file():
+            mlflow.log_artifact(str(out_dir / name), artifact_path="goal")
     if (out_dir / "plots").is_dir():
         mlflow.log_artifacts(str(out_dir / "plots"), artifact_path="plots")
 

@@ -40,7 +40,7 @@ from design.domains.base import Domain, EncodedDataset
 from design.models import VAEGAN, build_model
 from design.models.latent_prior import GaussianPrior
 from design.training.checkpoint import load_checkpoint, save_checkpoint
-from design.training.losses import get_loss
+from design.training.losses import gaussian_kl, get_loss
 from design.utils import resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
@@ -59,10 +59,6 @@ class TrainResult:
     history: list[dict[str, float]]
     wall_s: float
     resumed_from_epoch: int
-
-
-def _kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)).mean()
 
 
 class Trainer:
@@ -235,7 +231,7 @@ class Trainer:
                 rec, x_rec = head.reconstruct(raw, t, tau=tc.gumbel_tau)
             else:
                 rec, x_rec = head.reconstruction_loss(raw, t), None
-            kl = _kl(mu, logvar)
+            kl = gaussian_kl(mu, logvar)
             warm = min(1.0, (epoch + 1) / tc.kl_warmup_epochs) if tc.kl_warmup_epochs else 1.0
             loss = sum(rec.values()) + tc.beta_kl * warm * kl
             if x_rec is None:

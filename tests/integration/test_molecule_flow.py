@@ -132,3 +132,44 @@ def test_cli_robust_molecule_compares_variants_on_the_campaign_candidates(campai
     assert "standard/robust_spearman_at_0.05" in data.metrics and "random/hit_rate" in data.metrics
     arts = {a.path for a in client.list_artifacts(runs[0].info.run_id, "study")}
     assert {"study/study.md", "study/robustness.png", "study/exploitation.png"} <= arts
+
+
+def test_goal_directed_round_scores_feeds_back_and_reports(campaign):
+    """A one-round goal-directed campaign on the quick generator (reused from the campaign above) with
+    a tiny activity model: scored round, seed actives in the prior, goal report vs the baseline, MLflow."""
+    import torch
+    from mlflow import MlflowClient
+
+    from testkit import tiny_activity_files
+
+    csv, model = tiny_activity_files(campaign["work"] / "activity")
+    overrides = {
+        "generate": {"rounds": 1, "n_per_round": 120, "feedback_spread": 0.5},
+        "activity": {"datasets": {"gsk3": str(csv)}, "models": {"gsk3": str(model)}, "seed_actives": 4,
+                     "feedback_top": 10, "final_top": 20, "baseline": 16, "judge_trees": 10},
+        "rank": {"property_weights": {"act_gsk3": 2.0, "qed": 1.0, "sa": 1.0},
+                 "property_goals": {"act_gsk3": "maximize", "qed": "maximize", "sa": "minimize"}},
+        "tracking": {"experiment": "kinase-quick", "registered_model": "kinase-quick-generator"},
+    }
+    with campaign_in(campaign["work"], REPO / "configs" / "molecule-quick.yaml", overrides, out="goal") as run:
+        s = run["summary"]
+    out = Path(s["out_dir"])
+    assert s["checkpoint"] == campaign["summary"]["checkpoint"]  # same generator sections: reused
+    report = json.loads((out / "goal.json").read_text())
+    assert s["goal"]["top"]["n"] == report["top"]["n"] == min(20, report["ranked"])
+    assert 0 < report["baseline"]["n"] <= 16 and report["judge_held_out"]["gsk3"]["roc_auc"] >= 0
+    round0 = s["rounds"][0]
+    assert round0["goal_n"] + round0["goal_known"] == round0["accepted"]
+    top = pd.read_csv(out / "goal_top.csv")
+    assert {"act_gsk3", "act_gsk3_std", "judge_gsk3", "qed", "sa", "success"} <= set(top.columns)
+    assert top["smiles"].tolist() == pd.read_csv(out / "ranked.csv")["smiles"].head(len(top)).tolist()
+    assert len(pd.read_csv(out / "seed_actives.csv")) == 4
+    tuned = out / "round_00" / "generator.pt"  # fine-tuned on the seed actives before round 0 sampled from it
+    assert s["registered_checkpoint"] == str(tuned)
+    assert 1 <= torch.load(tuned, weights_only=True)["finetune"][0]["objects"] <= 4  # the encodable seeds
+    client = MlflowClient(tracking_uri=run["uri"])
+    run_id = s["run_id"]
+    assert client.get_run(run_id).data.metrics["final/top_success_rate"] == pytest.approx(report["top"]["success_rate"])
+    assert {a.path for a in client.list_artifacts(run_id, "goal")} >= {"goal/goal.json", "goal/goal_top.csv"}
+    version = client.get_model_version_by_alias("kinase-quick-generator", "champion")
+    assert version.tags["fine_tuned_in"] == "round_00" and version.run_id == run_id

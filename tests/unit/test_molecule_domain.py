@@ -110,3 +110,34 @@ def test_molecule_config_defaults_and_crystal_keys_unchanged():
     assert generator_key(crystal) == "4692bc2bd828"
     with pytest.raises(ConfigError, match="molecule section applies to domain: molecule only"):
         config_from_dict({"molecule": {"max_tokens": 40}})
+
+
+def test_decoding_rule_opens_macrocycles_and_leaves_the_rest():
+    """design/domains/molecule/decoding.py: a sampled macrocycle loses the ring token that closed it;
+    drug-like rings, fused systems and the size indices of branch tokens are left alone."""
+    from design.domains.molecule.chemistry import MAX_RING_SIZE
+    from design.domains.molecule.decoding import large_rings, open_large_rings, ring_tokens
+    from design.domains.molecule.tokens import (
+        MoleculeTensors,
+        Vocabulary,
+        indices_to_selfies,
+        selfies_to_indices,
+        selfies_to_smiles,
+        smiles_to_selfies,
+    )
+
+    smiles = ["C1CCCCCCCCC1", "CC1CCCCCCCCCCC1O", "c1ccc2ccccc2c1", "CC(C)Cc1ccc(C(C)C(=O)O)cc1", "C1CCCCC1"]
+    selfies = [smiles_to_selfies(s) for s in smiles]
+    vocab = Vocabulary.fit(selfies)
+    t = MoleculeTensors(torch.tensor([selfies_to_indices(s, vocab.index, 40) for s in selfies]), vocab.tokens)
+    out, edited = open_large_rings(t)
+    assert edited == 2 and out.tokens.shape == t.tokens.shape
+    after = [selfies_to_smiles(indices_to_selfies(r, vocab.tokens)) for r in out.tokens.tolist()]
+    assert [large_rings(s) for s in after] == [0, 0, 0, 0, 0]
+    assert Chem.CanonSmiles(after[0]) == "CCCCCCCCCC"  # cyclodecane opened to decane, atoms kept
+    assert Chem.MolFromSmiles(after[1]).GetNumAtoms() == 14
+    assert torch.equal(out.tokens[2:], t.tokens[2:])  # no large ring: untouched
+    assert large_rings("C1CCCCCCC1") == 1 and MAX_RING_SIZE == 8 and large_rings("C1CC") is None
+    # ibuprofen: its branch tokens' size indices may be ring symbols; only the one real ring token is found
+    row = selfies_to_indices(selfies[3], vocab.index, 40)
+    assert len(ring_tokens(row, vocab.tokens)) == 1

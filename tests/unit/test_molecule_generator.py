@@ -138,3 +138,28 @@ def test_fewer_adversarial_samples_than_the_batch(tmp_path):
     # an option at its default stays out of the generator key: older generators keep their keys
     assert "adv_samples" not in tiny_molecule_config().generator_part()["train"]
     assert cfg.generator_part()["train"]["adv_samples"] == 16
+
+
+def test_finetuning_moves_the_generator_toward_its_objects(trained, tmp_path):
+    """Fine-tuning on a few molecules (design/training/finetune.py) lowers their likelihood loss, keeps
+    the checkpoint loadable with its history, records the step, and makes the molecules likelier."""
+    from design.training.finetune import finetune_checkpoint
+
+    target = ["CCOC(=O)c1ccccc1", "CC(=O)Nc1ccc(O)cc1"]
+    path = finetune_checkpoint(trained.checkpoint, target, tmp_path / "tuned.pt", epochs=100, lr=5e-3, seed=0)
+    blob = torch.load(path, weights_only=True)
+    step = blob["finetune"][-1]
+    assert step["objects"] == 2 and step["steps"] == 100 and step["loss_last"] < 0.5 * step["loss_first"]
+    assert blob["history"] == torch.load(trained.checkpoint, weights_only=True)["history"]
+    again = finetune_checkpoint(path, target, tmp_path / "tuned2.pt", epochs=1, lr=1e-4)
+    assert len(torch.load(again, weights_only=True)["finetune"]) == 2  # a chain of steps is recorded
+
+    @torch.no_grad()
+    def nll(g):  # teacher-forced negative log-likelihood of the targets at their posterior means
+        t = g.domain.encode(target)
+        c = g.model.discriminator(g.domain.real_batch(t)).properties
+        return float(sum(g.model.generator.head.reconstruction_loss(g.model.generator(g.model.encoder(t)[0], c), t).values()))
+
+    assert nll(load_generator(path)) < 0.5 * nll(load_generator(trained.checkpoint))
+    with pytest.raises(ValueError, match="at least one object"):
+        finetune_checkpoint(trained.checkpoint, [], tmp_path / "none.pt")

@@ -126,11 +126,35 @@ def passes_filters(mol: Chem.Mol | None) -> bool:
     return mol is not None and not structural_reasons(mol) and not filter_reasons(mol)
 
 
+@lru_cache(maxsize=1)
+def _sa_scorer():
+    """RDKit's contributed synthetic-accessibility scorer (Ertl & Schuffenhauer 2009), shipped in the
+    RDKit wheel under ``Contrib/SA_Score``; imported from there once."""
+    import importlib.util
+    import os
+
+    from rdkit.Chem import RDConfig
+
+    path = os.path.join(RDConfig.RDContribDir, "SA_Score", "sascorer.py")
+    if not os.path.isfile(path):
+        raise RuntimeError(f"RDKit's SA scorer is missing ({path}); install an RDKit wheel that ships Contrib")
+    spec = importlib.util.spec_from_file_location("rdkit_contrib_sascorer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def sa_score(mol: Chem.Mol) -> float:
+    """Synthetic accessibility, 1 (easy) to 10 (hard)."""
+    return float(_sa_scorer().calculateScore(mol))
+
+
 DESCRIPTORS: dict[str, Callable[[Chem.Mol], float]] = {
     "logp": Crippen.MolLogP,  # Wildman-Crippen octanol/water logP (dimensionless, log10)
     "qed": QED.qed,  # quantitative estimate of drug-likeness in [0, 1]
     "mol_weight": Descriptors.MolWt,  # g/mol
     "tpsa": Descriptors.TPSA,  # topological polar surface area, Angstrom^2
+    "sa": sa_score,  # synthetic accessibility score, 1 (easy) to 10 (hard)
 }
 
 

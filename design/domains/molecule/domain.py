@@ -112,6 +112,12 @@ class MoleculeDomain(Domain):
     def batch_to_tensors(self, batch: MoleculeBatch) -> MoleculeTensors:
         return batch.to_tensors(self._vocab())
 
+    def decoding_rules(self, t: MoleculeTensors) -> MoleculeTensors:
+        """Open rings of 8 or more atoms that far-reaching ring tokens wrote (``decoding.py``)."""
+        from design.domains.molecule.decoding import open_large_rings
+
+        return open_large_rings(t)[0]
+
     def detach_species(self, batch: MoleculeBatch) -> MoleculeBatch:
         return MoleculeBatch(batch.tokens.detach())
 
@@ -165,6 +171,7 @@ class MoleculeDomain(Domain):
             "mol_weight": round(chemistry.descriptor("mol_weight", obj), 3) if ok else nan,
             "logp": round(chemistry.descriptor("logp", obj), 3) if ok else nan,
             "qed": round(chemistry.descriptor("qed", obj), 4) if ok else nan,
+            "sa": round(chemistry.descriptor("sa", obj), 4) if ok else nan,
         }
 
     def serialize(self, obj: Chem.Mol) -> str:

@@ -140,8 +140,9 @@ class TokenDecoderHead(nn.Module):
         """Free-running decoding of up to ``max_tokens`` tokens: [B, max_tokens + 1, V] soft batch.
 
         The first token is an atom (never the end token, so no molecule is empty). ``constrained``
-        is accepted for the generator API and changes nothing: SELFIES needs no decoding rules to
-        be valence-valid. Without autograd (sampling, monitors) finished molecules leave the batch
+        is accepted for the generator API and changes nothing here: SELFIES needs no decoding rules
+        to be valence-valid (the domain's rule on whole sequences, opening macrocycles, runs after:
+        ``MoleculeDomain.decoding_rules``). Without autograd (sampling, monitors) finished molecules leave the batch
         (:meth:`_sample_hard`), so the cost follows the mean length rather than the longest.
         """
         h = raw["h"]

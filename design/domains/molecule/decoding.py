@@ -1,0 +1,74 @@
+"""Inference-time decoding rules of the molecule domain (``generate.constrained_decoding``).
+
+SELFIES makes every token sequence a valence-valid molecule, but a ring token closes its ring to
+an atom counted back along the token string, so a ring token far from its partner writes a
+macrocycle: rings of 8 or more atoms, which the MOSES filters reject and which are rare in drug-like
+sets (none in MOSES). :func:`open_large_rings` removes, for a sampled sequence whose molecule has
+such a ring, ring tokens (with their size-index tokens) from the last one back, keeping each removal
+that lowers the number of large rings, until none is left or no ring token remains; every other
+token stays. The rule acts on the token tensors, so the discriminator, the penalty and the decoded
+molecule all see the same edited sequence. Sequences without a large ring are left untouched.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from rdkit import Chem, RDLogger
+
+from design.domains.molecule.chemistry import MAX_RING_SIZE
+from design.domains.molecule.tokens import MoleculeTensors, indices_to_selfies, selfies_to_smiles
+
+_SIZED = re.compile(r"(Ring|Branch)([123])\]$")
+
+
+def large_rings(smiles: str) -> int | None:
+    """Rings of ``MAX_RING_SIZE`` or more atoms in the molecule of ``smiles`` (None: does not sanitise)."""
+    mol = Chem.MolFromSmiles(smiles) if smiles else None
+    if mol is None:
+        return None
+    return sum(len(r) >= MAX_RING_SIZE for r in mol.GetRingInfo().AtomRings())
+
+
+def ring_tokens(row: list[int], vocab: tuple[str, ...]) -> list[tuple[int, int]]:
+    """(position, number of size-index tokens after it) of every ring token of a sequence, skipping
+    the size indices of ring and branch tokens (which are read as numbers, not symbols)."""
+    out, j = [], 0
+    while j < len(row) and row[j] != 0:
+        m = _SIZED.search(vocab[row[j]])
+        n = int(m.group(2)) if m else 0
+        if m and m.group(1) == "Ring":
+            out.append((j, n))
+        j += 1 + n
+    return out
+
+
+def _without(row: list[int], start: int, n: int) -> list[int]:
+    return row[:start] + row[start + n + 1:] + [0] * (n + 1)
+
+
+def open_large_rings(t: MoleculeTensors) -> tuple[MoleculeTensors, int]:
+    """``t`` with large rings opened (see module docstring) and how many sequences were edited."""
+    rows = t.tokens.tolist()
+    edited = 0
+    RDLogger.DisableLog("rdApp.*")
+    try:
+        for i, row in enumerate(rows):
+            count = large_rings(selfies_to_smiles(indices_to_selfies(row, t.vocab)))
+            if not count:
+                continue
+            for start, n in reversed(ring_tokens(row, t.vocab)):
+                trial = _without(row, start, n)
+                trial_count = large_rings(selfies_to_smiles(indices_to_selfies(trial, t.vocab)))
+                if trial_count is not None and trial_count < count:
+                    row, count = trial, trial_count
+                    if count == 0:
+                        break
+            if row is not rows[i]:
+                rows[i] = row
+                edited += 1
+    finally:
+        RDLogger.EnableLog("rdApp.*")
+    tokens = torch.tensor(rows, dtype=t.tokens.dtype, device=t.tokens.device).view_as(t.tokens)
+    return MoleculeTensors(tokens, t.vocab), edited
