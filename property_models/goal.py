@@ -229,10 +229,14 @@ def steer(cfg: RunConfig, out_dir: Path, k: int, models: dict[str, str], checkpo
 
 
 # ------------------------------------------------------------------------------------- report
-def rate_metrics(cfg: RunConfig, table: pd.DataFrame, judged: pd.DataFrame | None = None) -> dict:
-    """Success and component rates of a scored table (and under the judge's columns when given)."""
+def rate_metrics(cfg: RunConfig, table: pd.DataFrame, judged: pd.DataFrame | None = None,
+                 actives: np.ndarray | None = None) -> dict:
+    """Success and component rates of a scored table (and under the judge's columns when given);
+    with ``actives`` (Morgan bits of the labelled actives), ``snn_actives``: the mean Tanimoto
+    similarity of each molecule to its nearest labelled active (analogues of known actives score
+    near 1, molecules outside the models' experience low)."""
     from design.domains.molecule.chemistry import mol_from_smiles
-    from design.metrics.molecule import internal_diversity, morgan_bits
+    from design.metrics.molecule import internal_diversity, morgan_bits, snn
 
     a = cfg.activity
     n = len(table)
@@ -253,7 +257,10 @@ def rate_metrics(cfg: RunConfig, table: pd.DataFrame, judged: pd.DataFrame | Non
     if "novel" in table:  # against the generator's training molecules
         m["novelty"] = float(table["novel"].astype(bool).mean())
     mols = [mol_from_smiles(s) for s in table["smiles"]]
-    m["internal_diversity"] = internal_diversity(morgan_bits([x for x in mols if x is not None]))
+    fps = morgan_bits([x for x in mols if x is not None])
+    m["internal_diversity"] = internal_diversity(fps)
+    if actives is not None and len(actives):
+        m["snn_actives"] = snn(fps, actives)
     if judged is not None:
         cols = [f"judge_{t}" for t in a.targets]
         m["judge_success_rate"] = float(success(cfg, judged, cols).mean())
@@ -261,6 +268,13 @@ def rate_metrics(cfg: RunConfig, table: pd.DataFrame, judged: pd.DataFrame | Non
         for t, col in zip(a.targets, cols, strict=True):  # threshold-free: the judge's mean probability
             m[f"judge_mean_{t}"] = float(np.nanmean(judged[col]))
     return m
+
+
+def _bits(smiles) -> np.ndarray:
+    from design.domains.molecule.chemistry import mol_from_smiles
+    from design.metrics.molecule import morgan_bits
+
+    return morgan_bits([m for s in smiles if (m := mol_from_smiles(s)) is not None])
 
 
 def judge_forests(cfg: RunConfig) -> dict:
@@ -336,14 +350,16 @@ def final_report(cfg: RunConfig, out_dir: Path, models: dict[str, str], checkpoi
     write_table(top[keep], out_dir / "goal_top.csv")
     write_table(base[[c for c in base.columns if c != TEXT_COLUMN]], out_dir / "goal_baseline.csv")
     scored = scored_so_far(out_dir, cfg.generate.rounds - 1)
+    known = labelled_molecules(datasets(cfg))
+    actives = _bits(known.loc[(known[list(cfg.activity.targets)] == 1).any(axis=1), "smiles"])
     result = {
         "targets": list(cfg.activity.targets),
         "criteria": {"active_threshold": cfg.activity.active_threshold, "qed_min": cfg.activity.qed_min,
                      "sa_max": cfg.activity.sa_max},
         "ranked": len(ranked),
         "known_left_out": int(scored["known"].astype(bool).sum()),
-        "top": rate_metrics(cfg, top, top),
-        "baseline": rate_metrics(cfg, base, base),
+        "top": rate_metrics(cfg, top, top, actives),
+        "baseline": rate_metrics(cfg, base, base, actives),
         "judge_held_out": {t: held for t, (_, held) in forests.items()},
         "models": models,
     }

@@ -111,7 +111,9 @@ def test_rate_metrics_count_what_they_say(files):
     assert m["n"] == 3 and m["success_rate"] == pytest.approx(2 / 3) and m["active_rate_gsk3"] == pytest.approx(2 / 3)
     assert m["qed_ok_rate"] == pytest.approx(2 / 3) and m["novelty"] == pytest.approx(2 / 3)
     assert m["uniqueness"] == pytest.approx(2 / 3)
-    assert 0.0 < m["internal_diversity"] < 1.0
+    assert 0.0 < m["internal_diversity"] < 1.0 and "snn_actives" not in m
+    near = goal.rate_metrics(cfg, table.iloc[[0, 2]], actives=goal._bits(["c1ccccc1CC(=O)N", "CCCCCCCCO"]))
+    assert near["snn_actives"] == pytest.approx(1.0)  # each molecule is a labelled active itself
 
 
 def test_missing_configured_model_is_a_clear_error(files, tmp_path):
