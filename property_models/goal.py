@@ -202,7 +202,8 @@ def feedback(cfg: RunConfig, out_dir: Path, k: int, models: dict[str, str], enco
     if k == 0:
         smiles = seed_actives(cfg, models, out_dir)["smiles"].tolist() if cfg.activity.seed_actives else []
     else:
-        smiles = ranked_so_far(cfg, out_dir, k - 1).head(cfg.activity.feedback_top)["smiles"].tolist()
+        ranked = ranked_so_far(cfg, out_dir, k - 1)
+        smiles = ranked.head(cfg.activity.feedback_top)["smiles"].tolist() if len(ranked) else []
     kept = [s for s in smiles if encodable(s)]
     if len(kept) < len(smiles):
         log.info("round %d feedback: %d of %d molecules do not encode with the generator's vocabulary; left out",
@@ -218,12 +219,12 @@ def steer(cfg: RunConfig, out_dir: Path, k: int, models: dict[str, str], checkpo
 
     smiles = feedback(cfg, out_dir, k, models, encodable)
     a = cfg.activity
-    if not (a.finetune_epochs and smiles):
-        return smiles, str(checkpoint)
+    previous = round_dir(out_dir, k - 1) / "generator.pt" if k > 0 else None
+    start = previous if previous is not None and previous.is_file() else Path(checkpoint)
+    if not (a.finetune_epochs and smiles):  # nothing to learn from: the latest generator as it is
+        return smiles, str(start)
     path = round_dir(out_dir, k) / "generator.pt"
     if not path.is_file():
-        previous = round_dir(out_dir, k - 1) / "generator.pt" if k > 0 else Path(checkpoint)
-        start = previous if previous.is_file() else Path(checkpoint)
         finetune_checkpoint(start, smiles, path, epochs=a.finetune_epochs, lr=a.finetune_lr, seed=cfg.seed * 1000 + k)
     return smiles, str(path)
 

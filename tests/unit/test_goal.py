@@ -148,3 +148,15 @@ def test_act_min_is_the_least_active_target(files, tmp_path):
     assert np.allclose(pred["act_min_std"], stds[np.arange(3), worst])
     single = goal.predict({"gsk3": str(files[1])}, smiles)
     assert np.allclose(single["act_min"], single["act_gsk3"])
+
+
+def test_steer_samples_from_the_latest_generator_when_nothing_is_fine_tuned(files, tmp_path):
+    models = {"gsk3": str(files[1])}
+    cfg = _cfg(files, finetune_epochs=0)
+    smiles, checkpoint = goal.steer(cfg, tmp_path, 0, models, "base.pt", encodable=lambda s: True)
+    assert len(smiles) == 3 and checkpoint == "base.pt"
+    tuned = round_dir(tmp_path, 0) / "generator.pt"  # a generator an earlier round fine-tuned
+    tuned.parent.mkdir(parents=True, exist_ok=True)
+    tuned.write_bytes(b"")
+    smiles, checkpoint = goal.steer(_cfg(files), tmp_path, 1, models, "base.pt", encodable=lambda s: True)
+    assert smiles == [] and checkpoint == str(tuned)  # no round scored yet: nothing to learn, latest kept
