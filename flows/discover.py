@@ -4,9 +4,9 @@ A config with ``surrogate`` and ``verify`` sections makes it a closed loop (``fl
 the property models are prepared first, and every round also scores its candidates with the
 surrogate, verifies the best with the oracle and CHGNet and fine-tunes the surrogate; the end ranks
 with the last surrogate and measures enrichment. A molecule config with an ``activity`` section makes
-it goal-directed (``flows/goal_directed.py``): activity ensembles score every round, the best so far
-steer the next round's latent prior, and the end reports the top candidates against the unsteered
-generator. Both modules give the same steps (:func:`campaign_steps`).
+it goal-directed (``flows/goal_directed.py``): activity ensembles score every round, the generator is
+fine-tuned toward the best so far and samples around them, and the end reports the top candidates
+against the unsteered generator. Both modules give the same steps (:func:`campaign_steps`).
 
 Everything is recorded in one MLflow run: the resolved config as params, the generator's
 per-epoch losses and monitors (``train/*``), per-round metrics, the ranked candidates as a table
