@@ -15,7 +15,6 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from design.config import config_from_dict
-from design.generation.loop import round_dir
 from property_models import goal
 
 
@@ -29,20 +28,9 @@ def prepare_task(config_data: dict, out_dir: str) -> dict:
 def steer_task(config_data: dict, k: int, out_dir: str, models: dict, checkpoint: str) -> dict:
     """Round ``k``'s feedback (SMILES of the best-ranked candidates before it; round 0: the seed
     actives) and the generator to sample it from (fine-tuned on that feedback)."""
-    from design.api import Generator
-
-    cfg = config_from_dict(config_data)
-    previous = round_dir(Path(out_dir), k - 1) / "generator.pt" if k > 0 else None
-    domain = Generator.from_checkpoint(previous if previous and previous.is_file() else checkpoint).domain
-
-    def encodable(smiles: str) -> bool:
-        try:
-            domain.encode([smiles])
-        except Exception:  # unknown tokens, too long, unparsable: all mean the generator cannot use it
-            return False
-        return True
-
-    smiles, sample_from = goal.steer(cfg, Path(out_dir), k, models["activity"], checkpoint, encodable)
+    out = Path(out_dir)
+    encodable = goal.encodable_by(goal.latest_generator(out, k, checkpoint))
+    smiles, sample_from = goal.steer(config_from_dict(config_data), out, k, models["activity"], checkpoint, encodable)
     return {"feedback": smiles, "checkpoint": sample_from}
 
 

@@ -189,7 +189,11 @@ def scored_so_far(out_dir: Path, through: int) -> pd.DataFrame:
 
 def ranked_so_far(cfg: RunConfig, out_dir: Path, through: int) -> pd.DataFrame:
     """Every scored candidate of rounds ``0..through`` that is not a labelled molecule, ranked."""
-    scored = scored_so_far(out_dir, through)
+    return rank_novel(cfg, scored_so_far(out_dir, through))
+
+
+def rank_novel(cfg: RunConfig, scored: pd.DataFrame) -> pd.DataFrame:
+    """The candidates of a scored table that are not labelled molecules, ranked by ``cfg.rank``."""
     if scored.empty:
         return scored
     return rank_table(scored[~scored["known"].astype(bool)].reset_index(drop=True), cfg.rank, cfg.generate.target)
@@ -211,6 +215,29 @@ def feedback(cfg: RunConfig, out_dir: Path, k: int, models: dict[str, str], enco
     return kept
 
 
+def encodable_by(checkpoint: str | Path):
+    """A test ``smiles -> bool``: whether the generator in ``checkpoint`` can encode the molecule (its
+    vocabulary and length), so that it can be fine-tuned on it and sample around it."""
+    from design.api import Generator
+
+    domain = Generator.from_checkpoint(checkpoint).domain
+
+    def encodable(smiles: str) -> bool:
+        try:
+            domain.encode([smiles])
+        except Exception:  # unknown tokens, too long, unparsable: all mean the generator cannot use it
+            return False
+        return True
+
+    return encodable
+
+
+def latest_generator(out_dir: Path, k: int, checkpoint: str | Path) -> Path:
+    """The generator round ``k`` starts from: the one round ``k - 1`` fine-tuned, else ``checkpoint``."""
+    previous = round_dir(out_dir, k - 1) / "generator.pt" if k > 0 else None
+    return previous if previous is not None and previous.is_file() else Path(checkpoint)
+
+
 def steer(cfg: RunConfig, out_dir: Path, k: int, models: dict[str, str], checkpoint: str | Path, encodable) -> tuple[list[str], str]:
     """Round ``k``'s feedback SMILES (:func:`feedback`) and the generator to sample it from: with
     ``activity.finetune_epochs``, the previous round's generator (round 0: ``checkpoint``) fine-tuned
@@ -219,8 +246,7 @@ def steer(cfg: RunConfig, out_dir: Path, k: int, models: dict[str, str], checkpo
 
     smiles = feedback(cfg, out_dir, k, models, encodable)
     a = cfg.activity
-    previous = round_dir(out_dir, k - 1) / "generator.pt" if k > 0 else None
-    start = previous if previous is not None and previous.is_file() else Path(checkpoint)
+    start = latest_generator(out_dir, k, checkpoint)
     if not (a.finetune_epochs and smiles):  # nothing to learn from: the latest generator as it is
         return smiles, str(start)
     path = round_dir(out_dir, k) / "generator.pt"
@@ -236,8 +262,7 @@ def rate_metrics(cfg: RunConfig, table: pd.DataFrame, judged: pd.DataFrame | Non
     with ``actives`` (Morgan bits of the labelled actives), ``snn_actives``: the mean Tanimoto
     similarity of each molecule to its nearest labelled active (analogues of known actives score
     near 1, molecules outside the models' experience low)."""
-    from design.domains.molecule.chemistry import mol_from_smiles
-    from design.metrics.molecule import internal_diversity, morgan_bits, snn
+    from design.metrics.molecule import internal_diversity, snn
 
     a = cfg.activity
     n = len(table)
@@ -257,8 +282,7 @@ def rate_metrics(cfg: RunConfig, table: pd.DataFrame, judged: pd.DataFrame | Non
     m["uniqueness"] = float(table["smiles"].nunique() / n)
     if "novel" in table:  # against the generator's training molecules
         m["novelty"] = float(table["novel"].astype(bool).mean())
-    mols = [mol_from_smiles(s) for s in table["smiles"]]
-    fps = morgan_bits([x for x in mols if x is not None])
+    fps = _bits(table["smiles"])
     m["internal_diversity"] = internal_diversity(fps)
     if actives is not None and len(actives):
         m["snn_actives"] = snn(fps, actives)
@@ -341,7 +365,8 @@ def final_report(cfg: RunConfig, out_dir: Path, models: dict[str, str], checkpoi
     ``activity.final_top`` against the unsteered baseline; writes ``goal.json``, ``goal_top.csv``
     and ``goal_baseline.csv``."""
     out_dir = Path(out_dir)
-    ranked = ranked_so_far(cfg, out_dir, cfg.generate.rounds - 1)
+    scored = scored_so_far(out_dir, cfg.generate.rounds - 1)
+    ranked = rank_novel(cfg, scored)
     if ranked.empty:
         return ranked, {"ranked": 0}
     forests = judge_forests(cfg)
@@ -350,7 +375,6 @@ def final_report(cfg: RunConfig, out_dir: Path, models: dict[str, str], checkpoi
     keep = [c for c in top.columns if c != TEXT_COLUMN]
     write_table(top[keep], out_dir / "goal_top.csv")
     write_table(base[[c for c in base.columns if c != TEXT_COLUMN]], out_dir / "goal_baseline.csv")
-    scored = scored_so_far(out_dir, cfg.generate.rounds - 1)
     known = labelled_molecules(datasets(cfg))
     actives = _bits(known.loc[(known[list(cfg.activity.targets)] == 1).any(axis=1), "smiles"])
     result = {
