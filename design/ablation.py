@@ -89,6 +89,21 @@ def load_spec(path: str | Path) -> Study:
     return Study(spec, base_name, configs)
 
 
+def select_variants(study: Study, names: list[str] | None) -> list[str]:
+    """The variants to run: all of the study's, or the named ones (spec order kept).
+
+    Splitting a study into disjoint selections lets several processes or machines share it; each
+    writes its variants' results into the same folder and the table collects whatever is finished.
+    """
+    if not names:
+        return list(study.configs)
+    unknown = [n for n in names if n not in study.configs]
+    if unknown:
+        raise ConfigError(f"unknown ablation variant(s) {', '.join(map(repr, unknown))}; "
+                          f"the spec defines {', '.join(study.configs)}")
+    return [n for n in study.configs if n in names]
+
+
 def result_path(out_dir: str | Path, name: str) -> Path:
     return Path(out_dir) / f"{name}.json"
 

@@ -2,8 +2,9 @@
 
 Trained generators are cached by config key like any other (``train_generator``), each variant's
 benchmark is written to ``<out>/<variant>.json`` as it finishes (a rerun skips finished variants),
-and every variant becomes one MLflow run in the experiment ``<base name>-ablation``. The table is
-written to ``<out>/ablation.md`` and ``<out>/ablation.json``.
+and every variant becomes one MLflow run in the experiment ``<base name>-ablation``. ``variants``
+runs a subset (processes sharing one study each take their own). The table, of every variant
+finished in ``out_dir`` so far, is written to ``<out>/ablation.md`` and ``<out>/ablation.json``.
 """
 
 from __future__ import annotations
@@ -33,11 +34,11 @@ def bench_variant(checkpoint: str, bench: dict, generate: dict) -> dict:
 
 
 @flow(name="ablation")
-def ablation(spec_path: str, out_dir: str, tracking_uri: str | None = None) -> dict:
-    """Run the study in ``spec_path``; return {"results": {variant: metrics}, "table": markdown}."""
+def ablation(spec_path: str, out_dir: str, tracking_uri: str | None = None, variants: list[str] | None = None) -> dict:
+    """Run the study in ``spec_path`` (or its ``variants``); return {"results": {variant: metrics}, "table": markdown}."""
     import mlflow
 
-    from design.ablation import format_markdown, load_spec, read_results, result_path
+    from design.ablation import format_markdown, load_spec, read_results, result_path, select_variants
     from design.tracking import store
     from design.utils import atomic_write_text
 
@@ -47,8 +48,10 @@ def ablation(spec_path: str, out_dir: str, tracking_uri: str | None = None) -> d
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     experiment_id = store.setup(tracking_uri, f"{study.base_name}-ablation")
-    done = read_results(out, list(configs))
-    for name, cfg in configs.items():
+    chosen = select_variants(study, variants)
+    done = read_results(out, chosen)
+    for name in chosen:
+        cfg = configs[name]
         if name in done:
             logger.info("variant %s already benchmarked; reusing %s", name, result_path(out, name))
             continue
@@ -60,8 +63,7 @@ def ablation(spec_path: str, out_dir: str, tracking_uri: str | None = None) -> d
             mlflow.set_tags({"variant": name, "overrides": json.dumps(spec.variants[name])})
             mlflow.log_metrics(store.finite_metrics(metrics))
         atomic_write_text(result_path(out, name), json.dumps(metrics, indent=2, default=str))
-        done[name] = metrics
-    results = {name: done[name] for name in configs if name in done}
+    results = read_results(out, list(configs))  # with what other processes finished meanwhile
     table = format_markdown(results, spec.variants)
     atomic_write_text(out / "ablation.md", table + "\n")
     atomic_write_text(out / "ablation.json", json.dumps(results, indent=2, default=str))

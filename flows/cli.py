@@ -167,12 +167,13 @@ def _bench_molecule(args) -> str:
 
 
 def cmd_ablate(args) -> int:
-    from design.ablation import load_spec
+    from design.ablation import load_spec, select_variants
     from flows.ablation import ablation
 
-    load_spec(args.spec)  # fail on a bad spec before Prefect starts
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
+    select_variants(load_spec(args.spec), variants)  # fail on a bad spec or name before Prefect starts
     _start_prefect()
-    result = ablation(args.spec, args.out)
+    result = ablation(args.spec, args.out, variants=variants)
     print(result["table"])
     print(f"\ntable written to {Path(args.out) / 'ablation.md'}")
     return 0
@@ -327,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("ablate", help="train and benchmark every variant of an ablation spec; print the table")
     a.add_argument("--spec", required=True, help="ablation spec, e.g. configs/ablations/crystal.yaml")
     a.add_argument("--out", default="runs/ablation", help="results folder; a rerun skips finished variants")
+    a.add_argument("--variants", help="comma-separated subset of the spec's variants (e.g. to split a study "
+                   "between processes sharing --out); default: all")
     a.set_defaults(func=cmd_ablate)
 
     lab = sub.add_parser("label", help="physics-oracle labels for dataset structures (cached, resumable)")

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from design.ablation import format_markdown, load_spec, read_results, result_path
+from design.ablation import format_markdown, load_spec, read_results, result_path, select_variants
 from design.config import ConfigError
 
 from testkit import tiny_config
@@ -47,6 +47,14 @@ def test_variants_merge_base_set_and_own_overrides(tmp_path):
 def test_bad_specs_name_the_problem(tmp_path, spec, match):
     with pytest.raises(ConfigError, match=match):
         load_spec(_write(tmp_path, spec))
+
+
+def test_variant_selection_keeps_spec_order_and_names_unknown_ones(tmp_path):
+    study = load_spec(_write(tmp_path, {"variants": {"a": {}, "b": {}, "c": {}}}))
+    assert select_variants(study, None) == ["a", "b", "c"]
+    assert select_variants(study, ["c", "a"]) == ["a", "c"]
+    with pytest.raises(ConfigError, match=r"'d'.*defines a, b, c"):
+        select_variants(study, ["a", "d"])
 
 
 def test_missing_spec_file(tmp_path):
