@@ -8,7 +8,9 @@ reference split (default: the generator config's ``data.reference``, the mp_20_b
   split (pymatgen ``StructureMatcher``, the same code the discovery filter uses);
 * COV-R / COV-P over all valid samples (``design.metrics.crystal``);
 * Wasserstein-1 of density and of the number of elements, ``w1_samples`` valid samples (drawn with
-  the seed) against the whole reference split;
+  the seed) against the whole reference split, as the protocol asks, and over all valid samples
+  (``*_all_valid``; measured on the default generator: five draws of 1,000 gave density W1
+  0.17-0.29 g/cm3 where all 9,558 valid samples give 0.23);
 * throughput: structures per second for sample + decode + exact validity (the generator call
   alone, no scoring), and for the whole generate -> score (discriminator, physics penalty) ->
   filter (validity, uniqueness, novelty) -> rank step; building the training-set index is a
@@ -147,6 +149,8 @@ def run_crystal_benchmark(
     w1_set = [valid[i] for i in w1_pick]
     out["w1_density"] = cm.wasserstein(cm.density(w1_set), cm.density(ref_structures))
     out["w1_n_elements"] = cm.wasserstein(cm.n_elements(w1_set), cm.n_elements(ref_structures))
+    out["w1_density_all_valid"] = cm.wasserstein(cm.density(valid), cm.density(ref_structures))
+    out["w1_n_elements_all_valid"] = cm.wasserstein(cm.n_elements(valid), cm.n_elements(ref_structures))
 
     cov_set = valid
     if cov_samples is not None and cov_samples < len(valid):

@@ -34,6 +34,7 @@ def test_counts_and_rates_are_consistent(result):
     for key in ("uniqueness", "novelty", "cov_recall", "cov_precision"):
         assert 0.0 <= result[key] <= 1.0, key
     assert result["w1_density"] >= 0 and result["w1_n_elements"] >= 0
+    assert result["w1_density_all_valid"] >= 0 and result["w1_n_elements_all_valid"] >= 0
     assert result["info"]["reference_size"] == 24
     assert result["info"]["w1_samples"] == min(10, result["valid"])
     assert result["info"]["cov_samples"] == result["valid"]

@@ -8,8 +8,8 @@ from pymatgen.core import Composition
 from design.domains.crystal.checks import compositional_reason
 from design.domains.crystal.constrain import (
     charge_balanced_palette,
+    drop_overlapping_sites,
     fit_element_volumes,
-    merge_duplicate_sites,
     rescale_to_volume,
 )
 from design.domains.crystal.elements import N_SPECIES
@@ -18,19 +18,32 @@ from design.domains.crystal.tensors import cell_volume, cholesky_to_params
 CUBIC5 = torch.tensor([[5.0, 0.0, 5.0, 0.0, 0.0, 5.0]])  # lower-triangular lattice, 5 A cube
 
 
-def test_duplicate_same_element_sites_merge_across_the_periodic_boundary():
+def test_overlapping_sites_merge_across_the_periodic_boundary():
     element = torch.tensor([[11, 11, 17, 11, 0]])
     frac = torch.tensor([[[0.0, 0.0, 0.0], [0.99, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, 0.5, 0.52], [0.3, 0.3, 0.3]]])
-    keep = merge_duplicate_sites(element, frac, CUBIC5)
-    # slot 1 is 0.05 A from slot 0 through the boundary; Na at slot 3 is 0.1 A from Cl: a different
-    # element, so it stays (the structural check must still see that clash); slot 4 is empty
-    assert keep.tolist() == [[True, False, True, True, False]]
+    # slot 1 is 0.05 A from slot 0 through the boundary and Na at slot 3 0.1 A from Cl: without
+    # confidences the earlier slot of each pair stays; slot 4 is empty
+    assert drop_overlapping_sites(element, frac, CUBIC5).tolist() == [[True, False, True, False, False]]
 
 
 def test_three_coincident_atoms_keep_one():
     element = torch.tensor([[26, 26, 26]])
     frac = torch.tensor([[[0.2, 0.2, 0.2], [0.21, 0.2, 0.2], [0.2, 0.22, 0.2]]])
-    assert merge_duplicate_sites(element, frac, CUBIC5).tolist() == [[True, False, False]]
+    assert drop_overlapping_sites(element, frac, CUBIC5).tolist() == [[True, False, False]]
+
+
+def test_overlapping_sites_of_any_elements_keep_the_more_confident_one():
+    element = torch.tensor([[11, 17, 8, 11, 0], [11, 17, 8, 11, 0]])
+    # Cl (slot 1) sits 0.1 A from Na (slot 0) through the boundary, O (slot 2) 0.25 A from Cl;
+    # slot 3 is far from everything; slot 4 is empty
+    frac = torch.tensor([[0.0, 0.0, 0.0], [0.98, 0.0, 0.0], [0.93, 0.0, 0.0], [0.5, 0.5, 0.5], [0.0, 0.0, 0.0]])
+    frac = frac.expand(2, -1, -1)
+    lattice = CUBIC5.expand(2, -1)
+    confidence = torch.tensor([[0.9, 0.5, 0.8, 0.3, 1.0], [0.2, 0.9, 0.4, 0.3, 1.0]])
+    keep = drop_overlapping_sites(element, frac, lattice, confidence)
+    # first crystal: Na (0.9) stays, Cl goes, then O (0.8) is 0.35 A from Na: it goes too;
+    # second: Cl (0.9) stays and removes both of its neighbours
+    assert keep.tolist() == [[True, False, False, True, False], [False, True, False, True, False]]
 
 
 def _logits(prefs: list[dict[int, float]]) -> torch.Tensor:

@@ -23,7 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from design.config import ModelConfig
-from design.domains.crystal.constrain import charge_balanced_palette, merge_duplicate_sites, rescale_to_volume
+from design.domains.crystal.constrain import (
+    charge_balanced_palette,
+    drop_overlapping_sites,
+    rescale_to_volume,
+)
 from design.domains.crystal.elements import N_SPECIES
 from design.domains.crystal.tensors import (
     CrystalBatch,
@@ -220,7 +224,7 @@ class CrystalDecoderHead(nn.Module):
         lattice = self.scaler.from_std(raw["lattice_std"], n)
         if constrained:
             pal_idx, typ_idx, lattice = self._constrain(
-                raw["palette_logits"] / temperature, pal_idx, typ_idx, frac, lattice
+                raw["palette_logits"] / temperature, typ_logits, pal_idx, typ_idx, frac, lattice
             )
         palette = _straight_through(pal_soft, pal_idx)  # [B, K, V]
         types = _straight_through(typ_soft, typ_idx)  # [B, S, K + 1]
@@ -229,20 +233,41 @@ class CrystalDecoderHead(nn.Module):
         return CrystalBatch(species, frac, lattice)
 
     def _constrain(
-        self, logits: torch.Tensor, pal_idx: torch.Tensor, typ_idx: torch.Tensor, frac: torch.Tensor, lattice: torch.Tensor
+        self,
+        logits: torch.Tensor,
+        type_logits: torch.Tensor,
+        pal_idx: torch.Tensor,
+        typ_idx: torch.Tensor,
+        frac: torch.Tensor,
+        lattice: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Duplicate same-element sites merged, then a charge-balanced palette where one is near,
-        then the cell scaled to the composition's fitted volume (where the head has the table)."""
+        """The rules of :mod:`design.domains.crystal.constrain`: overlapping sites dropped (the
+        less confident of each pair) in the cell scaled for the drawn composition, a
+        charge-balanced palette where one is near, the cell scaled to the composition's fitted
+        volume (where the head has the table), and a last overlap pass in that cell."""
         def elements(pal: torch.Tensor, typ: torch.Tensor) -> torch.Tensor:  # [B, S] atomic numbers
             return torch.gather(pal, 1, (typ - 1).clamp(min=0)).masked_fill(typ == 0, 0)
 
-        keep = merge_duplicate_sites(elements(pal_idx, typ_idx), frac, lattice)
+        def scaled(pal: torch.Tensor, typ: torch.Tensor) -> torch.Tensor:
+            if self.element_volume is None:
+                return lattice
+            return rescale_to_volume(elements(pal, typ), lattice, self.element_volume)
+
+        def balanced(lp: torch.Tensor, pal: torch.Tensor, typ: torch.Tensor) -> torch.Tensor:
+            counts = F.one_hot(typ, self.n_palette + 1)[..., 1:].sum(1)  # [B, K]
+            return charge_balanced_palette(lp, pal, counts)[0].to(typ.device)
+
+        log_palette = torch.log_softmax(logits, -1)
+        confidence = torch.gather(torch.softmax(type_logits, -1), 2, typ_idx[..., None]).squeeze(-1)
+        keep = drop_overlapping_sites(elements(pal_idx, typ_idx), frac, scaled(pal_idx, typ_idx), confidence)
         typ_idx = typ_idx.masked_fill(~keep, 0)
-        counts = F.one_hot(typ_idx, self.n_palette + 1)[..., 1:].sum(1)  # [B, K]
-        pal_idx, _ = charge_balanced_palette(torch.log_softmax(logits, -1), pal_idx, counts)
-        pal_idx = pal_idx.to(typ_idx.device)
-        if self.element_volume is not None:
-            lattice = rescale_to_volume(elements(pal_idx, typ_idx), lattice, self.element_volume)
+        pal_idx = balanced(log_palette, pal_idx, typ_idx)
+        lattice = scaled(pal_idx, typ_idx)
+        keep = drop_overlapping_sites(elements(pal_idx, typ_idx), frac, lattice, confidence)
+        rows = ((typ_idx > 0) & ~keep).any(1).nonzero().squeeze(1)
+        if len(rows):
+            typ_idx = typ_idx.masked_fill(~keep, 0)
+            pal_idx[rows] = balanced(log_palette[rows], pal_idx[rows], typ_idx[rows])
         return pal_idx, typ_idx, lattice
 
     def reconstruction_loss(self, raw: dict[str, torch.Tensor], t: CrystalTensors) -> dict[str, torch.Tensor]:
