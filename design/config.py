@@ -307,7 +307,8 @@ class VerifySection(_Section):
 class ActivitySection(_Section):
     """A goal-directed molecule campaign: activity ensembles (``invdes activity``) score every round's
     accepted candidates (columns ``act_<target>`` and ``act_<target>_std``, and ``act_min`` for the least
-    active target; ``qed`` and ``sa`` are exact RDKit values), the best ranked so far steer the next round's latent prior, and the end reports the
+    active target; ``qed`` and ``sa`` are exact RDKit values; ``sim_<target>`` / ``sim_min`` the similarity to
+    the nearest labelled active), the best ranked so far steer the next round's latent prior, and the end reports the
     final ranking's success rate (``property_models/goal.py``)."""
 
     targets: tuple[Literal["gsk3", "jnk3"], ...] = Field(
@@ -339,6 +340,12 @@ class ActivitySection(_Section):
         "the previous round's: a hill climb toward the goal; 0 keeps the trained generator",
     )
     finetune_lr: float = Field(1e-3, gt=0, description="learning rate of that fine-tuning")
+    domain_similarity: float = Field(
+        0.0, ge=0, lt=1, description="applicability domain: a candidate whose Morgan Tanimoto similarity to the "
+        "nearest labelled active (of the least similar target; column sim_min) is below this is ranked after every "
+        "candidate within it, so feedback and the final ranking stay where the activity models have seen "
+        "chemistry like it; 0 switches it off",
+    )
     final_top: int = Field(1000, ge=1, description="best-ranked novel candidates the final report describes")
     baseline: int = Field(1000, ge=1, description="valid samples of the unsteered generator scored as the baseline")
     judge_trees: int = Field(300, ge=10, description="trees of the Morgan random forest that judges the final "
@@ -409,7 +416,7 @@ class RunConfig(_Section):
         if self.surrogate is not None and self.surrogate.stability:
             rankable |= {"stab_excess", "stab_excess_percentile"}
         if self.activity is not None:
-            rankable |= set(self.activity.columns) | {"act_min", "qed", "sa"}
+            rankable |= set(self.activity.columns) | {"act_min", "qed", "sa", "sim_min"}
         for where, keys, known in (
             ("generate.target", (self.generate.target or {}).keys(), props),
             ("rank.property_weights", self.rank.property_weights.keys(), rankable),
@@ -420,8 +427,8 @@ class RunConfig(_Section):
                 raise ValueError(
                     f"{where} names {unknown}, which the model does not predict; "
                     f"use one of {sorted(known)} (data.properties, or sur_<target> with a surrogate section, "
-                    "stab_excess[_percentile] with surrogate.stability, act_<target>, act_min, qed and sa with an "
-                    "activity section)"
+                    "stab_excess[_percentile] with surrogate.stability, act_<target>, act_min, qed, sa and sim_min with "
+                    "an activity section)"
                 )
         if self.activity is not None and (self.domain != "molecule" or self.verify is not None):
             raise ValueError("an activity section applies to domain: molecule without a verify section; "

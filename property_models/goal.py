@@ -4,7 +4,9 @@ functions over campaign files.
 Per round ``k``, after the generic generate and filter steps (:mod:`design.generation.loop`):
 
 * :func:`score_round`: the activity ensembles of ``activity.targets`` predict ``act_<target>`` (mean
-  probability) and ``act_<target>_std`` (member spread) for the round's accepted candidates; ``known``
+  probability) and ``act_<target>_std`` (member spread) for the round's accepted candidates;
+  ``sim_<target>`` / ``sim_min`` measure how close each is to a labelled active (the applicability
+  domain: with ``activity.domain_similarity`` those below it rank after all others); ``known``
   marks a candidate that is a labelled molecule of an activity dataset (a rediscovery, never ranked),
   ``success`` one predicted active on every target (p >= ``active_threshold``) with QED >=
   ``qed_min`` and SA <= ``sa_max`` -> ``round_k/scored.csv.gz`` and the round's metrics
@@ -131,6 +133,34 @@ def labelled_molecules(sets: tuple[tuple[str, str | None], ...]) -> pd.DataFrame
     return out
 
 
+@lru_cache(maxsize=4)
+def active_bits(sets: tuple[tuple[str, str | None], ...]) -> dict[str, np.ndarray]:
+    """Per target, Morgan bits of its labelled actives (:func:`labelled_molecules`)."""
+    known = labelled_molecules(sets)
+    return {t: _bits(known.loc[known[t] == 1, "smiles"]) for t, _ in sets}
+
+
+def similarity_to_actives(cfg: RunConfig, smiles: list[str]) -> pd.DataFrame:
+    """``sim_<target>``: Tanimoto similarity of each SMILES to the nearest labelled active of the target,
+    and ``sim_min`` the smallest over targets (NaN where RDKit cannot parse the SMILES): how close a
+    candidate is to chemistry the activity models were trained on."""
+    from design.domains.molecule.chemistry import mol_from_smiles
+    from design.metrics.molecule import morgan_bits, nearest_similarity
+
+    mols = [mol_from_smiles(s) for s in smiles]
+    ok = [i for i, m in enumerate(mols) if m is not None]
+    fps = morgan_bits([mols[i] for i in ok])
+    cols = {}
+    for t, ref in active_bits(datasets(cfg)).items():
+        values = np.full(len(smiles), np.nan)
+        if ok and len(ref):
+            values[ok] = nearest_similarity(fps, ref)
+        cols[f"sim_{t}"] = values
+    table = pd.DataFrame(cols)
+    table["sim_min"] = table.min(axis=1, skipna=False)
+    return table
+
+
 def seed_actives(cfg: RunConfig, models: dict[str, str], out_dir: Path) -> pd.DataFrame:
     """The labelled actives (of any target) the models rate best on every target (min over targets of
     the predicted probability), ``activity.seed_actives`` of them; cached as ``seed_actives.csv``."""
@@ -148,9 +178,10 @@ def seed_actives(cfg: RunConfig, models: dict[str, str], out_dir: Path) -> pd.Da
 
 # ------------------------------------------------------------------------------------- rounds
 def score_table(cfg: RunConfig, table: pd.DataFrame, models: dict[str, str]) -> pd.DataFrame:
-    """``table`` plus the activity columns, ``known`` and ``success``."""
+    """``table`` plus the activity and similarity columns, ``known`` and ``success``."""
     table = table.reset_index(drop=True)
-    scored = pd.concat([table, predict(models, table["smiles"].tolist())], axis=1)
+    smiles = table["smiles"].tolist()
+    scored = pd.concat([table, predict(models, smiles), similarity_to_actives(cfg, smiles)], axis=1)
     known = set(labelled_molecules(datasets(cfg))["smiles"])
     scored["known"] = scored["smiles"].isin(known)
     scored["success"] = success(cfg, scored)
@@ -193,10 +224,21 @@ def ranked_so_far(cfg: RunConfig, out_dir: Path, through: int) -> pd.DataFrame:
 
 
 def rank_novel(cfg: RunConfig, scored: pd.DataFrame) -> pd.DataFrame:
-    """The candidates of a scored table that are not labelled molecules, ranked by ``cfg.rank``."""
+    """The candidates of a scored table that are not labelled molecules, ranked by ``cfg.rank``; with
+    ``activity.domain_similarity``, those within the applicability domain (``in_domain``: ``sim_min`` at
+    least that) first."""
     if scored.empty:
         return scored
-    return rank_table(scored[~scored["known"].astype(bool)].reset_index(drop=True), cfg.rank, cfg.generate.target)
+    ranked = rank_table(scored[~scored["known"].astype(bool)].reset_index(drop=True), cfg.rank, cfg.generate.target)
+    tau = cfg.activity.domain_similarity
+    if not tau:
+        return ranked
+    if "sim_min" not in ranked:
+        raise ValueError("activity.domain_similarity needs the sim_min column; these rounds were scored before it "
+                         "existed: rescore them (delete round_*/scored.csv.gz) or set activity.domain_similarity=0")
+    ranked = ranked.assign(in_domain=ranked["sim_min"].to_numpy(dtype=float) >= tau)
+    ranked = ranked.sort_values("in_domain", ascending=False, kind="mergesort")
+    return ranked.assign(rank=np.arange(1, len(ranked) + 1)).reset_index(drop=True)
 
 
 def feedback(cfg: RunConfig, out_dir: Path, k: int, models: dict[str, str], encodable) -> list[str]:
@@ -284,6 +326,10 @@ def rate_metrics(cfg: RunConfig, table: pd.DataFrame, judged: pd.DataFrame | Non
         m["novelty"] = float(table["novel"].astype(bool).mean())
     fps = _bits(table["smiles"])
     m["internal_diversity"] = internal_diversity(fps)
+    if "sim_min" in table:  # the applicability domain: similarity to the nearest labelled active
+        m["mean_sim_min"] = float(np.nanmean(table["sim_min"]))
+        if a.domain_similarity:
+            m["in_domain_rate"] = float((table["sim_min"].to_numpy(dtype=float) >= a.domain_similarity).mean())
     if actives is not None and len(actives):
         m["snn_actives"] = snn(fps, actives)
     if judged is not None:
@@ -375,8 +421,7 @@ def final_report(cfg: RunConfig, out_dir: Path, models: dict[str, str], checkpoi
     keep = [c for c in top.columns if c != TEXT_COLUMN]
     write_table(top[keep], out_dir / "goal_top.csv")
     write_table(base[[c for c in base.columns if c != TEXT_COLUMN]], out_dir / "goal_baseline.csv")
-    known = labelled_molecules(datasets(cfg))
-    actives = _bits(known.loc[(known[list(cfg.activity.targets)] == 1).any(axis=1), "smiles"])
+    actives = np.concatenate(list(active_bits(datasets(cfg)).values()))
     result = {
         "targets": list(cfg.activity.targets),
         "criteria": {"active_threshold": cfg.activity.active_threshold, "qed_min": cfg.activity.qed_min,

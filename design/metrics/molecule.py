@@ -54,10 +54,16 @@ def _tanimoto_blocks(a: np.ndarray, b: np.ndarray, block: int = 4096):
         yield slice(i, i + len(at)), torch.cat(sims, dim=1)
 
 
+def nearest_similarity(gen: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """[N] Tanimoto similarity of each fingerprint of ``gen`` to its nearest one in ``ref``."""
+    if len(gen) == 0 or len(ref) == 0:
+        raise ValueError(f"nearest similarity needs fingerprints on both sides, got {len(gen)} and {len(ref)}")
+    return torch.cat([s.amax(1) for _, s in _tanimoto_blocks(gen, ref)]).numpy().astype(np.float64)
+
+
 def snn(gen: np.ndarray, ref: np.ndarray) -> float:
     """Mean nearest-neighbour Tanimoto similarity of each generated fingerprint to ``ref``."""
-    best = [s.amax(1) for _, s in _tanimoto_blocks(gen, ref)]
-    return float(torch.cat(best).mean())
+    return float(nearest_similarity(gen, ref).mean())
 
 
 def internal_diversity(fps: np.ndarray) -> float:

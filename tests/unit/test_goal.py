@@ -103,6 +103,30 @@ def test_rounds_rank_feed_back_and_resume(files, tmp_path):
     assert goal.model_paths(cfg)["gsk3"] == files[1]
 
 
+def test_similarity_to_actives_and_the_applicability_domain_ranking(files, tmp_path):
+    models = {"gsk3": str(files[1])}
+    # a close analogue of labelled actives (phenol, p-cresol) and two molecules unlike any of them
+    smiles = ["Oc1ccc(CC)cc1", "CCCCCCCCCCO", "CC1CCCCC1CCN", "garbage("]
+    sims = goal.similarity_to_actives(_cfg(files), smiles)
+    assert list(sims.columns) == ["sim_gsk3", "sim_min"]
+    assert sims["sim_gsk3"][0] > 0.3 > sims["sim_gsk3"][1] and np.isnan(sims["sim_min"][3])
+    assert np.allclose(sims["sim_gsk3"][:3], sims["sim_min"][:3])
+
+    table = _accepted(smiles[:3], 0)
+    table["qed"], table["sa"] = 0.7, 2.0  # only activity and the domain decide
+    scored = goal.score_table(_cfg(files), table, models)
+    tau = float(scored["sim_min"][0]) - 1e-6  # only the analogue is within the domain
+    plain = goal.rank_novel(_cfg(files), scored)
+    gated = goal.rank_novel(_cfg(files, domain_similarity=tau), scored)
+    assert "in_domain" not in plain and gated["in_domain"].tolist() == [True, False, False]
+    assert gated["smiles"][0] == smiles[0] and gated["rank"].tolist() == [1, 2, 3]
+    assert gated["smiles"].tolist()[1:] == [s for s in plain["smiles"] if s != smiles[0]]  # order kept outside
+    m = goal.rate_metrics(_cfg(files, domain_similarity=tau), scored)
+    assert m["in_domain_rate"] == pytest.approx(1 / 3) and m["mean_sim_min"] == pytest.approx(scored["sim_min"].mean())
+    with pytest.raises(ValueError, match="sim_min column"):  # rounds scored before the column existed
+        goal.rank_novel(_cfg(files, domain_similarity=0.4), scored.drop(columns=["sim_min"]))
+
+
 def test_rate_metrics_count_what_they_say(files):
     cfg = _cfg(files)
     table = pd.DataFrame({"smiles": ["c1ccccc1CC(=O)N", "CCCCO", "c1ccccc1CC(=O)N"], "act_gsk3": [0.8, 0.2, 0.8],
