@@ -138,6 +138,10 @@ def test_decoding_rule_opens_macrocycles_and_leaves_the_rest():
     assert Chem.MolFromSmiles(after[1]).GetNumAtoms() == 14
     assert torch.equal(out.tokens[2:], t.tokens[2:])  # no large ring: untouched
     assert large_rings("C1CCCCCCC1") == 1 and MAX_RING_SIZE == 8 and large_rings("C1CC") is None
+    # the unsanitised screen perceives the same rings (a pentavalent carbon parses but does not sanitise)
+    for smi in ("C1CCCCCCC1", "C1CCCCCCC1C2CCCCCCCCC2", "c1ccc2ccccc2c1", "CC", "C(C)(C)(C)(C)C1CCCCCCC1"):
+        assert large_rings(smi, sanitize=False) == sum(len(r) >= 8 for r in Chem.GetSymmSSSR(Chem.MolFromSmiles(smi, sanitize=False)))
+    assert large_rings("C1CCCCCCC1C2CCCCCCCCC2", sanitize=False) == 2 and large_rings("C(C)(C)(C)(C)C1CCCCCCC1") is None
     # ibuprofen: its branch tokens' size indices may be ring symbols; only the one real ring token is found
     row = selfies_to_indices(selfies[3], vocab.index, 40)
     assert len(ring_tokens(row, vocab.tokens)) == 1

@@ -17,6 +17,7 @@ corpus (``Vocabulary.fit``) and saved with the generator.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -90,8 +91,11 @@ def indices_to_selfies(row: Sequence[int], tokens: Sequence[str]) -> str:
     return "".join(out)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def selfies_to_smiles(selfies: str) -> str:
-    """SELFIES -> SMILES as the SELFIES decoder writes it ("" for an empty molecule)."""
+    """SELFIES -> SMILES as the SELFIES decoder writes it ("" for an empty molecule). Cached: the
+    decoding rules and the decode step read the same sequences, and the decoder is the slowest
+    part of turning samples into molecules."""
     return sf.decoder(selfies) or ""
 
 
