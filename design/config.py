@@ -189,9 +189,9 @@ class GenerateConfig(_Section):
     temperature: float = Field(1.0, gt=0, description="softmax temperature of element sampling")
     constrained_decoding: bool = Field(
         True,
-        description="inference-time decoding rules of the domain (crystals: merge duplicate same-element "
-        "sites, pick the most probable charge-balanced elements, scale the cell to the composition's "
-        "fitted volume; molecules: open rings of 8 or more atoms that far-reaching SELFIES ring tokens wrote); "
+        description="inference-time decoding rules of the domain (crystals: of two sites closer than 0.5 A "
+        "drop the less confident, pick the most probable charge-balanced elements, scale the cell to the "
+        "composition's fitted volume; molecules: open rings of 8 or more atoms that far-reaching SELFIES ring tokens wrote); "
         "false gives the raw samples",
     )
     latent_prior: Literal["fitted", "standard"] = Field(
