@@ -60,9 +60,10 @@ def open_large_rings(t: MoleculeTensors) -> tuple[MoleculeTensors, int]:
         for i, row in enumerate(rows):
             # the screen: most sequences have no large ring and need no sanitising here (their SMILES
             # stay cached for the decode step, see tokens.selfies_to_smiles)
-            if not large_rings(selfies_to_smiles(indices_to_selfies(row, t.vocab)), sanitize=False):
+            smiles = selfies_to_smiles(indices_to_selfies(row, t.vocab))
+            if not large_rings(smiles, sanitize=False):
                 continue
-            count = large_rings(selfies_to_smiles(indices_to_selfies(row, t.vocab)))
+            count = large_rings(smiles)
             if not count:
                 continue
             for start, n in reversed(ring_tokens(row, t.vocab)):
