@@ -15,6 +15,7 @@ The same seed gives the same structures (on the same device and library versions
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 
 import torch
 
-from design.config import RunConfig
+from design.config import RunConfig, config_from_dict
 from design.domains import build_domain
 from design.domains.base import Candidate, Domain
 from design.models import VAEGAN, build_model
@@ -167,7 +168,7 @@ class Generator:
             torch.tensor(blob["property_std"]),
             blob["condition_bank"],
             GaussianPrior.from_state(blob["latent_prior"])
-            if config.generate.latent_prior == "fitted"
+            if config.generate.latent_prior != "standard"
             else GaussianPrior.standard(config.model.latent_dim),
             dev,
             source=str(path),
@@ -222,8 +223,33 @@ class Generator:
         if feedback and spread:
             return MixturePrior.around(self.latent_means(feedback), self.latent_prior, spread)
         if not (target and focus):
-            return self.latent_prior
+            return self.base_prior()
         return self.focused_prior(target, focus, self.latent_means(feedback) if feedback else None)
+
+    def base_prior(self) -> GaussianPrior | MixturePrior:
+        """The prior of untargeted sampling, ``generate.latent_prior``: N(0, I), the fitted Gaussian,
+        or the mixture of Gaussians around the training samples' encodings (``generate.prior_spread``)."""
+        g = self.config.generate
+        if g.latent_prior == "standard":
+            return GaussianPrior.standard(self.latent_dim, self.device)
+        if g.latent_prior == "fitted":
+            return self.latent_prior
+        if self.latent_bank is None:
+            raise ValueError(
+                f"generator {self.source} has no latent bank (trained before it was stored), so "
+                "generate.latent_prior: mixture cannot be sampled; use fitted or retrain it"
+            )
+        return MixturePrior.around(self.latent_bank["mu"], self.latent_prior, g.prior_spread)
+
+    def with_generate(self, **settings: Any) -> Generator:
+        """This generator with ``generate`` settings replaced (validated like a config file's), the
+        weights shared: e.g. ``with_generate(latent_prior="mixture", prior_spread=0.3)``."""
+        data = self.config.model_dump(mode="json")
+        data["generate"] = {**data["generate"], **settings}
+        config = config_from_dict(data, f"of generator {self.source} with generate settings {settings}")
+        other = copy.copy(self)
+        other.config = config
+        return other
 
     @torch.no_grad()
     def latent_means(self, objs: list) -> torch.Tensor:
@@ -361,14 +387,16 @@ def _concat(parts: list) -> Any:
     return type(first)(**fields)
 
 
-def load_generator(uri: str | Path, device: str | torch.device | None = None) -> Generator:
-    """Load a generator from a checkpoint path or an MLflow model URI (``models:/name@alias``, ``runs:/...``)."""
+def load_generator(uri: str | Path, device: str | torch.device | None = None,
+                   generate: dict[str, Any] | None = None) -> Generator:
+    """Load a generator from a checkpoint path or an MLflow model URI (``models:/name@alias``, ``runs:/...``);
+    ``generate`` replaces sampling settings of its config (see :meth:`Generator.with_generate`)."""
     uri_s = str(uri)
     if uri_s.startswith(("models:/", "runs:/", "mlflow-artifacts:/")):
         from design.tracking.store import download_generator_checkpoint
 
-        return Generator.from_checkpoint(download_generator_checkpoint(uri_s), device)
-    path = Path(uri_s)
-    if path.is_dir():
-        path = path / "generator.pt"
-    return Generator.from_checkpoint(path, device)
+        gen = Generator.from_checkpoint(download_generator_checkpoint(uri_s), device)
+    else:
+        path = Path(uri_s)
+        gen = Generator.from_checkpoint(path / "generator.pt" if path.is_dir() else path, device)
+    return gen.with_generate(**generate) if generate else gen

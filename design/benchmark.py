@@ -212,22 +212,26 @@ def discovery_step(generator: Generator, tensors: Any, objs: list, checks: list 
 
 
 def cost_entries(generator: Generator, times: dict[str, float]) -> dict[str, float]:
-    """``train_wall_min`` (the generator's training wall time from its checkpoint, NaN when not
-    recorded) and ``time_<step>_s`` for each timed benchmark step."""
-    wall = generator.train_info.get("wall_s")
-    out = {"train_wall_min": float(wall) / 60 if wall is not None else float("nan")}
+    """``train_wall_min`` and ``train_cpu_min`` (the generator's training wall and process CPU time,
+    all threads, from its checkpoint; NaN when not recorded) and ``time_<step>_s`` for each timed
+    benchmark step."""
+    info = generator.train_info
+    out = {f"train_{kind}_min": float(info[f"{kind}_s"]) / 60 if info.get(f"{kind}_s") is not None else float("nan")
+           for kind in ("wall", "cpu")}
     out.update({f"time_{k}_s": v for k, v in times.items()})
     return out
 
 
 def run_info(generator: Generator, seed: int, temperature: float | None, packages: tuple[str, ...]) -> dict[str, Any]:
-    """What a benchmark ran on: model, seed, temperature, training and sampling devices, CPU
-    threads, machine and package versions."""
+    """What a benchmark ran on: model, seed, temperature, latent prior, training and sampling devices,
+    CPU threads, machine and package versions."""
     cfg = generator.config
     return {
         "model": generator.source,
         "seed": seed,
         "temperature": cfg.generate.temperature if temperature is None else temperature,
+        "latent_prior": cfg.generate.latent_prior,
+        "prior_spread": cfg.generate.prior_spread,
         "train_epochs": cfg.train.epochs,
         "train_device": generator.train_info.get("device"),
         "sample_device": str(generator.device),

@@ -194,8 +194,13 @@ class GenerateConfig(_Section):
         "composition's fitted volume; molecules: open rings of 8 or more atoms that far-reaching SELFIES ring tokens wrote); "
         "false gives the raw samples",
     )
-    latent_prior: Literal["fitted", "standard"] = Field(
-        "fitted", description="sample z from a Gaussian fitted to the encoded training set, or from N(0, I)"
+    latent_prior: Literal["fitted", "standard", "mixture"] = Field(
+        "fitted", description="sample z from a Gaussian fitted to the encoded training set, from N(0, I), or from "
+        "a mixture of Gaussians around every training sample's encoding, each the fitted prior's shape scaled by "
+        "generate.prior_spread (the aggregate posterior)",
+    )
+    prior_spread: float = Field(
+        0.5, gt=0, description="latent_prior: mixture: width of each Gaussian relative to the fitted prior's"
     )
     target: dict[str, float] | None = Field(
         None, description="property values to condition on, physical units; null samples the data distribution"
@@ -234,6 +239,12 @@ class RankConfig(_Section):
     property_goals: dict[str, Literal["minimize", "maximize", "target"]] = Field(default_factory=dict)
     uncertainty_weight: float = Field(1.0, ge=0, description="standard deviations a predicted value is made worse by")
     top_k: int = Field(20, ge=1, description="how many top candidates get CIF files and pictures")
+    max_per_group: int | None = Field(
+        None, ge=1, description="a diversity cap: candidates beyond the best N of their group (rank.group_by) rank "
+        "after all others, in score order (kept, not dropped); null ranks on the score alone",
+    )
+    group_by: str = Field("formula", description="the candidate-table column that defines a group for "
+                          "rank.max_per_group (crystals: formula, the reduced formula; molecules: e.g. smiles)")
 
 
 class SurrogateSection(_Section):

@@ -25,12 +25,10 @@ def bench_variant(checkpoint: str, bench: dict, generate: dict) -> dict:
     from design.ablation import BenchSettings
     from design.api import Generator
     from design.benchmark import run_crystal_benchmark
-    from design.config import GenerateConfig
 
     b = BenchSettings.model_validate(bench)
-    g = GenerateConfig.model_validate(generate)
-    return run_crystal_benchmark(Generator.from_checkpoint(checkpoint), b.n, b.seed, b.reference, b.w1_samples,
-                                 b.cov_samples, temperature=g.temperature, constrained=g.constrained_decoding)
+    gen = Generator.from_checkpoint(checkpoint).with_generate(**generate)
+    return run_crystal_benchmark(gen, b.n, b.seed, b.reference, b.w1_samples, b.cov_samples)
 
 
 @flow(name="ablation")

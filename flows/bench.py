@@ -16,22 +16,20 @@ from prefect import flow, get_run_logger, task
 
 @task(name="crystal-benchmark")
 def crystal_benchmark_task(model: str, n: int, seed: int, reference: str | None, w1_samples: int,
-                           cov_samples: int | None, temperature: float | None,
-                           constrained: bool | None = None) -> dict:
+                           cov_samples: int | None, generate: dict | None = None) -> dict:
     from design.api import load_generator
     from design.benchmark import run_crystal_benchmark
 
-    return run_crystal_benchmark(load_generator(model), n, seed, reference, w1_samples, cov_samples,
-                                 temperature=temperature, constrained=constrained)
+    return run_crystal_benchmark(load_generator(model, generate=generate), n, seed, reference, w1_samples, cov_samples)
 
 
 @task(name="molecule-benchmark")
 def molecule_benchmark_task(model: str, n: int, seed: int, reference: str | None, options: dict,
-                            temperature: float | None) -> dict:
+                            generate: dict | None = None) -> dict:
     from design.api import load_generator
     from design.benchmark_molecule import run_molecule_benchmark
 
-    return run_molecule_benchmark(load_generator(model), n, seed, reference, temperature=temperature, **options)
+    return run_molecule_benchmark(load_generator(model, generate=generate), n, seed, reference, **options)
 
 
 def _record(metrics: dict, table: str, params: dict, tracking_uri: str | None, experiment: str, model: str,
@@ -62,22 +60,22 @@ def benchmark(
     json_out: str | None = None,
     w1_samples: int = 1000,
     cov_samples: int | None = None,
-    temperature: float | None = None,
-    constrained: bool | None = None,
+    generate: dict | None = None,
     tracking_uri: str | None = None,
     experiment: str = "crystal-benchmark",
 ) -> dict:
-    """Benchmark crystal generator ``model`` (checkpoint path or models:/ URI); return the metrics dict."""
+    """Benchmark crystal generator ``model`` (checkpoint path or models:/ URI) with its ``generate``
+    settings overridden by ``generate`` (e.g. {"latent_prior": "mixture"}); return the metrics dict."""
     from design.benchmark import format_table, write_json
 
-    metrics = crystal_benchmark_task(model, n, seed, reference, w1_samples, cov_samples, temperature,
-                                     constrained)
+    metrics = crystal_benchmark_task(model, n, seed, reference, w1_samples, cov_samples, generate)
     if json_out:
         write_json(metrics, json_out)
     params = {"model": model, "n": n, "seed": seed, "reference": metrics["info"]["reference"],
               "w1_samples": w1_samples, "cov_samples": str(cov_samples),
               "temperature": metrics["info"]["temperature"],
-              "constrained_decoding": metrics["info"]["constrained_decoding"]}
+              "constrained_decoding": metrics["info"]["constrained_decoding"],
+              "latent_prior": metrics["info"]["latent_prior"], "prior_spread": metrics["info"]["prior_spread"]}
     return _record(metrics, format_table(metrics), params, tracking_uri, experiment, model, json_out)
 
 
@@ -89,15 +87,16 @@ def molecule_benchmark(
     reference: str | None = None,
     json_out: str | None = None,
     options: dict | None = None,
-    temperature: float | None = None,
+    generate: dict | None = None,
     tracking_uri: str | None = None,
     experiment: str = "molecule-benchmark",
 ) -> dict:
     """MOSES benchmark of molecule generator ``model``; ``options`` holds the keyword arguments of
-    :func:`design.benchmark_molecule.run_molecule_benchmark` (train, fcd_samples, ...)."""
+    :func:`design.benchmark_molecule.run_molecule_benchmark` (train, fcd_samples, ...), ``generate``
+    overrides the generator's sampling settings."""
     from design.benchmark_molecule import format_table, write_json
 
-    metrics = molecule_benchmark_task(model, n, seed, reference, dict(options or {}), temperature)
+    metrics = molecule_benchmark_task(model, n, seed, reference, dict(options or {}), generate)
     if json_out:
         write_json(metrics, json_out)
     info = metrics["info"]

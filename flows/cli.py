@@ -123,22 +123,37 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _generate_settings(args) -> dict:
+    """The bench's ``generate`` overrides: ``--set generate.KEY=VALUE`` plus --temperature / --unconstrained."""
+    sections = _overrides(args.set or [])
+    other = sorted(set(sections) - {"generate"})
+    if other:
+        raise ConfigError(f"bench --set takes generate.* keys only (sampling settings), got section(s) {other}; "
+                          "the other sections are fixed by the trained model")
+    settings = dict(sections.get("generate", {}))
+    if args.temperature is not None:
+        settings["temperature"] = args.temperature
+    if args.constrained is not None:
+        settings["constrained_decoding"] = args.constrained
+    return settings
+
+
 def _bench_crystal(args) -> str:
     from design.benchmark import format_table
 
+    settings = _generate_settings(args)
     if args.track:
         from flows.bench import benchmark
 
         _start_prefect()
         metrics = benchmark(args.model, args.n, args.seed, args.reference, args.json, args.w1_samples,
-                            args.cov_samples, args.temperature, args.constrained)
+                            args.cov_samples, settings)
     else:
         from design.api import load_generator
         from design.benchmark import run_crystal_benchmark, write_json
 
-        metrics = run_crystal_benchmark(load_generator(args.model), args.n, args.seed,
-                                        args.reference, args.w1_samples, args.cov_samples,
-                                        temperature=args.temperature, constrained=args.constrained)
+        metrics = run_crystal_benchmark(load_generator(args.model, generate=settings), args.n, args.seed,
+                                        args.reference, args.w1_samples, args.cov_samples)
         if args.json:
             write_json(metrics, args.json)
     return format_table(metrics)
@@ -147,20 +162,20 @@ def _bench_crystal(args) -> str:
 def _bench_molecule(args) -> str:
     from design.benchmark_molecule import format_table
 
+    settings = _generate_settings(args)
     options = {"train": args.novelty_train, "fcd_samples": args.fcd_samples, "fcd_reference": args.fcd_reference,
                "snn_samples": args.snn_samples, "intdiv_samples": args.intdiv_samples}
     if args.track:
         from flows.bench import molecule_benchmark
 
         _start_prefect()
-        metrics = molecule_benchmark(args.model, args.n, args.seed, args.reference, args.json, options,
-                                     args.temperature)
+        metrics = molecule_benchmark(args.model, args.n, args.seed, args.reference, args.json, options, settings)
     else:
         from design.api import load_generator
         from design.benchmark_molecule import run_molecule_benchmark, write_json
 
-        metrics = run_molecule_benchmark(load_generator(args.model), args.n, args.seed, args.reference,
-                                         temperature=args.temperature, **options)
+        metrics = run_molecule_benchmark(load_generator(args.model, generate=settings), args.n, args.seed, args.reference,
+                                         **options)
         if args.json:
             write_json(metrics, args.json)
     return format_table(metrics)
@@ -316,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--temperature", type=float, help="sampling temperature (default: the generator's)")
     b.add_argument("--unconstrained", dest="constrained", action="store_const", const=False,
                    help="crystal: raw samples, switch off the generator's constrained decoding")
+    b.add_argument("--set", action="append", metavar="generate.KEY=VALUE",
+                   help="override a sampling setting, e.g. --set generate.latent_prior=mixture")
     b.add_argument("--novelty-train", default="molecules/moses/train.csv.gz",
                    help="molecule: the split novelty is judged against (default: the whole MOSES train)")
     b.add_argument("--fcd-samples", type=int, default=10_000, help="molecule: valid samples for FCD")

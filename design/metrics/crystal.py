@@ -139,7 +139,8 @@ def coverage(
     struct_cutoff: float = STRUCT_CUTOFF,
     comp_cutoff: float = COMP_CUTOFF,
 ) -> dict[str, float]:
-    """COV-R and COV-P (fractions in [0, 1]) plus mean nearest-neighbour distances (AMSD/AMCD)."""
+    """COV-R and COV-P (fractions in [0, 1]), the same for each criterion alone (``*_struct``,
+    ``*_comp``), and mean nearest-neighbour distances (AMSD/AMCD)."""
     g_ok = np.isfinite(generated.struct).all(1) & np.isfinite(generated.comp).all(1)
     r_ok = np.isfinite(reference.struct).all(1) & np.isfinite(reference.comp).all(1)
     if g_ok.sum() == 0 or r_ok.sum() == 0:
@@ -154,6 +155,11 @@ def coverage(
     return {
         "cov_recall": float(((recall_s <= struct_cutoff) & (recall_c <= comp_cutoff)).mean()),
         "cov_precision": float(((prec_s <= struct_cutoff) & (prec_c <= comp_cutoff)).mean()),
+        # each criterion alone: which of the two limits the coverage
+        "cov_recall_struct": float((recall_s <= struct_cutoff).mean()),
+        "cov_recall_comp": float((recall_c <= comp_cutoff).mean()),
+        "cov_precision_struct": float((prec_s <= struct_cutoff).mean()),
+        "cov_precision_comp": float((prec_c <= comp_cutoff).mean()),
         "amsd_recall": float(recall_s.mean()),
         "amcd_recall": float(recall_c.mean()),
         "amsd_precision": float(prec_s.mean()),

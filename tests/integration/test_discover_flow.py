@@ -155,7 +155,8 @@ def test_cli_bench_runs_the_flow_and_logs_to_mlflow(campaign, tmp_path, monkeypa
     monkeypatch.setenv("MLFLOW_TRACKING_URI", campaign["uri"])
     out = tmp_path / "bench.json"
     rc = main(["bench", "crystal", "--model", "models:/crystal-generator@champion", "--n", "40",
-               "--reference", str(ref), "--w1-samples", "10", "--json", str(out)])
+               "--reference", str(ref), "--w1-samples", "10", "--json", str(out),
+               "--set", "generate.latent_prior=mixture", "--temperature", "0.9"])
     assert rc == 0
     assert "structural_validity" in capsys.readouterr().out
     result = json.loads(out.read_text())
@@ -165,6 +166,7 @@ def test_cli_bench_runs_the_flow_and_logs_to_mlflow(campaign, tmp_path, monkeypa
     assert len(runs) == 1
     logged = runs[0].data
     assert logged.params["n"] == "40" and logged.params["model"] == "models:/crystal-generator@champion"
+    assert logged.params["latent_prior"] == "mixture" and float(logged.params["temperature"]) == 0.9
     for key in ("structural_validity", "compositional_validity", "cov_recall", "w1_density",
                 "sample_decode_check_per_s"):
         assert logged.metrics[key] == pytest.approx(result[key]), key

@@ -197,6 +197,32 @@ def test_focused_prior_centres_on_the_training_samples_nearest_the_target(gen):
         gen.focused_prior({"e_3d": 0.3}, 5)
 
 
+def test_mixture_prior_samples_around_the_training_encodings(gen):
+    from design.config import ConfigError
+    from design.models.latent_prior import MixturePrior
+
+    mix = gen.with_generate(latent_prior="mixture", prior_spread=0.05)
+    assert gen.config.generate.latent_prior == "fitted" and mix.model is gen.model  # weights shared
+    prior = mix.base_prior()
+    assert isinstance(prior, MixturePrior) and torch.equal(prior.centres, gen.latent_bank["mu"])
+    bank = gen.latent_bank["mu"]
+    near = torch.cdist(prior.sample(64, torch.Generator().manual_seed(0)), bank).min(1).values
+    wide = torch.cdist(gen.base_prior().sample(64, torch.Generator().manual_seed(0)), bank).min(1).values
+    assert near.mean() < 0.5 * wide.mean()
+    a, b = mix.sample(8, seed=3, score=False), gen.sample(8, seed=3, score=False)
+    assert not torch.equal(a.tensors.lattice, b.tensors.lattice)  # sample() draws from it
+    standard = gen.with_generate(latent_prior="standard").base_prior()
+    assert torch.equal(standard.scale_tril, torch.eye(gen.latent_dim))
+    with pytest.raises(ConfigError, match="prior_spread"):
+        gen.with_generate(prior_spread=0)
+    with pytest.raises(ConfigError, match="unknown key 'generate.spread'"):
+        gen.with_generate(spread=0.5)
+    no_bank = gen.with_generate(latent_prior="mixture")
+    no_bank.latent_bank = None
+    with pytest.raises(ValueError, match="no latent bank"):
+        no_bank.base_prior()
+
+
 def test_latent_means_of_generated_structures(gen):
     cands = gen.generate(4, seed=0)
     mu = gen.latent_means([c.structure for c in cands])

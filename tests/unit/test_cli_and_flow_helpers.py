@@ -5,7 +5,7 @@ import json
 import pytest
 
 from design.config import ConfigError, RunConfig
-from flows.cli import _overrides, _targets, main
+from flows.cli import _generate_settings, _overrides, _targets, main
 from flows.discover import _check_campaign_dir
 
 
@@ -23,6 +23,18 @@ def test_targets_parse():
     assert _targets(["formation_energy_per_atom=-1.5"]) == {"formation_energy_per_atom": -1.5}
     with pytest.raises(ConfigError, match="PROPERTY=NUMBER"):
         _targets(["formation_energy_per_atom=low"])
+
+
+def test_bench_takes_sampling_settings_only():
+    from types import SimpleNamespace
+
+    args = SimpleNamespace(set=["generate.latent_prior=mixture", "generate.prior_spread=0.3"], temperature=0.8,
+                           constrained=False)
+    assert _generate_settings(args) == {"latent_prior": "mixture", "prior_spread": 0.3, "temperature": 0.8,
+                                        "constrained_decoding": False}
+    assert _generate_settings(SimpleNamespace(set=None, temperature=None, constrained=None)) == {}
+    with pytest.raises(ConfigError, match=r"generate\.\* keys only.*\['train'\]"):
+        _generate_settings(SimpleNamespace(set=["train.epochs=3"], temperature=None, constrained=None))
 
 
 def test_campaign_dir_guards_against_another_config(tmp_path):

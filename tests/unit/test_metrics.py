@@ -28,6 +28,9 @@ def test_coverage_by_hand():
     # precision: gen 0.1 -> struct 0.1, comp 0 (ok); gen 1.5 -> struct 0.5 (too far) -> 1/2
     assert m["cov_precision"] == pytest.approx(1 / 2)
     assert m["amsd_recall"] == pytest.approx((0.1 + 0.5 + 0.5) / 3)
+    # each criterion alone: structure limits recall and precision, composition only precision
+    assert m["cov_recall_struct"] == pytest.approx(1 / 3) and m["cov_recall_comp"] == 1.0
+    assert m["cov_precision_struct"] == pytest.approx(1 / 2) and m["cov_precision_comp"] == pytest.approx(1 / 2)
     assert m["amcd_precision"] == pytest.approx((0 + 20) / 2)
 
 
