@@ -38,6 +38,7 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("uniqueness", "uniq", "{:.3f}"),
     ("novelty", "novel", "{:.3f}"),
     ("train_wall_min", "train min", "{:.1f}"),
+    ("train_cpu_min", "train CPU min", "{:.1f}"),
 ]
 
 

@@ -142,6 +142,7 @@ class Trainer:
         torch.set_rng_state(blob["rng"])
         self.faults = int(blob.get("faults", 0))
         self.wall_before = float(blob.get("wall_s", 0.0))  # time spent before the interruption
+        self.cpu_before = float(blob.get("cpu_s", 0.0))
         self._set_lr()
         log.info("resuming training at epoch %d from %s", blob["epoch"] + 1, path)
         return int(blob["epoch"]), list(blob["history"])
@@ -361,18 +362,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def run(self) -> TrainResult:
-        t0 = time.time()
+        t0, c0 = time.time(), time.process_time()
         self._setup()
         self.workdir.mkdir(parents=True, exist_ok=True)
         cfg, tc = self.config, self.config.train
         self.faults = 0
         self.last_means: torch.Tensor | None = None  # posterior means behind the latest fitted prior
-        self.wall_before = 0.0
+        self.wall_before = self.cpu_before = 0.0
         start, history = self._try_resume()
         n = len(self.train_data)
         bs = min(tc.batch_size, n)
         for epoch in range(start, tc.epochs):
-            te = time.time()
+            te, ce = time.time(), time.process_time()
             adv_on = tc.adv_weight > 0 and epoch >= tc.adv_start_epoch
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
             sums: dict[str, float] = defaultdict(float)
@@ -405,6 +406,7 @@ class Trainer:
                             epoch + 1, row["mon_unique"], tc.collapse_uniqueness)
             row["epoch"] = epoch + 1
             row["time_s"] = time.time() - te
+            row["cpu_s"] = time.process_time() - ce  # all threads; unlike time_s, not slowed by other jobs
             history.append(row)
             rec = "  ".join(f"{k}={v:.3f}" for k, v in row.items() if k.startswith("rec_"))
             log.info(
@@ -414,10 +416,14 @@ class Trainer:
             )
             resume = self.payload(epoch + 1, history, False, with_optim=True)
             resume["wall_s"] = self.wall_before + time.time() - t0
+            resume["cpu_s"] = self.cpu_before + time.process_time() - c0
             save_checkpoint(self.workdir / RESUME_NAME, resume)
         wall = self.wall_before + time.time() - t0  # an interrupted run counts all its sessions
         final = self.payload(tc.epochs, history, True, with_optim=False)
         final["train_info"]["wall_s"] = wall
+        # CPU time of this process (all its threads), which other jobs on the machine do not inflate
+        final["train_info"]["cpu_s"] = self.cpu_before + time.process_time() - c0
+        final["train_info"]["threads"] = torch.get_num_threads()
         # posterior means and standardised properties of the training set: the generator API fits
         # target-focused priors from them (``generate.prior_focus``)
         means = self.last_means if self.last_means is not None else self.latent_means()  # none: resumed at the end

@@ -39,7 +39,7 @@ def test_counts_and_rates_are_consistent(result):
     assert result["info"]["w1_samples"] == min(10, result["valid"])
     assert result["info"]["cov_samples"] == result["valid"]
     assert result["sample_decode_check_per_s"] > result["generate_filter_rank_per_s"] > 0
-    assert result["train_wall_min"] > 0
+    assert result["train_wall_min"] > 0 and result["train_cpu_min"] > 0
 
 
 def test_same_seed_same_numbers(tiny_checkpoint, small_reference, result, caplog):

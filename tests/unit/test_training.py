@@ -36,7 +36,7 @@ def test_same_seed_same_history(tmp_path):
     cfg = tiny_config()
     a = _train(cfg, tmp_path / "a").history
     b = _train(cfg, tmp_path / "b").history
-    strip = lambda h: [{k: v for k, v in row.items() if k != "time_s"} for row in h]  # noqa: E731
+    strip = lambda h: [{k: v for k, v in row.items() if k not in ("time_s", "cpu_s")} for row in h]  # noqa: E731
     assert strip(a) == strip(b)
 
 
@@ -63,6 +63,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     assert resumed.resumed_from_epoch == 1
     assert resumed.wall_s > cut["wall_s"]  # training time counts the interrupted session too
     a, b = load_checkpoint(full.checkpoint), load_checkpoint(resumed.checkpoint)
+    assert 0 < cut["cpu_s"] < b["train_info"]["cpu_s"] and b["train_info"]["threads"] >= 1  # CPU time too
     for k in a["model"]:
         assert torch.allclose(a["model"][k], b["model"][k], atol=1e-6), k
     assert not (tmp_path / "cut" / RESUME_NAME).exists()
