@@ -87,4 +87,20 @@ def rank_table(table: pd.DataFrame, cfg: RankConfig, target: dict[str, float] | 
         score = score + weight * term
     front = pareto_front(objectives, goals)
     out = table.assign(score=score.round(6), pareto=front).sort_values(["score", "id"], ascending=[False, True], kind="mergesort")
+    if cfg.max_per_group is not None:
+        out = cap_groups(out, cfg.group_by, cfg.max_per_group)
     return out.assign(rank=np.arange(1, len(out) + 1)).reset_index(drop=True)
+
+
+def cap_groups(ranked: pd.DataFrame, column: str, cap: int) -> pd.DataFrame:
+    """``ranked`` (best first) with every row beyond the first ``cap`` of its ``column`` group moved
+    after all others, order otherwise kept; adds ``group_overflow`` (True for the moved rows).
+
+    A diversity filter: a top list of twenty polymorphs of one formula tells a user less than one of
+    twenty formulas, and a loop that verifies its top list learns less from it."""
+    if column not in ranked.columns:
+        raise ValueError(f"rank.group_by column {column!r} is not in the candidate table (columns: "
+                         f"{', '.join(map(str, ranked.columns))}); set rank.group_by to one of them")
+    over = ranked.groupby(column, sort=False, dropna=False).cumcount().to_numpy() >= cap
+    ranked = ranked.assign(group_overflow=over)
+    return pd.concat([ranked[~over], ranked[over]])

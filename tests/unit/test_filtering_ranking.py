@@ -55,6 +55,20 @@ def test_ranking_hand_computed():
     assert ranked["rank"].tolist() == [1, 2, 3]
 
 
+def test_group_cap_moves_a_formula_s_extra_polymorphs_after_the_rest():
+    table = pd.DataFrame({"id": list("abcdef"), "realism": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4], "penalty": [0.0] * 6,
+                          "formula": ["LiCl", "LiCl", "LiCl", "Li3N", "LiCl", None]})
+    ranked = rank_table(table, RankConfig(max_per_group=2))
+    # two LiCl kept in place, the third and fourth after every other formula, in score order
+    assert ranked["id"].tolist() == ["a", "b", "d", "f", "c", "e"]
+    assert ranked["group_overflow"].tolist() == [False, False, False, False, True, True]
+    assert ranked["rank"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert "group_overflow" not in rank_table(table, RankConfig()).columns  # off by default
+    assert rank_table(table, RankConfig())["id"].tolist() == list("abcdef")
+    with pytest.raises(ValueError, match="'scaffold' is not in the candidate table.*formula"):
+        rank_table(table, RankConfig(max_per_group=1, group_by="scaffold"))
+
+
 def test_ranking_to_a_target():
     table = pd.DataFrame({"id": ["a", "b"], "realism": [0.5, 0.5], "penalty": [0.1, 0.1],
                           "pred_formation_energy_per_atom": [-1.0, -2.1]})
