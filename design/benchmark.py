@@ -93,14 +93,12 @@ def run_crystal_benchmark(
     w1_samples: int = 1000,
     cov_samples: int | None = None,
     workers: int | None = None,
-    temperature: float | None = None,
-    constrained: bool | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark; return a flat dict of metrics plus ``info`` (see module docstring).
 
     ``reference`` defaults to the generator config's ``data.reference`` (the mp_20_biternary test
-    split); ``temperature`` overrides its element-sampling temperature (``generate.temperature``),
-    ``constrained`` its ``generate.constrained_decoding``.
+    split). Sampling follows the generator's ``generate`` settings; to benchmark other ones, pass
+    ``generator.with_generate(...)`` (e.g. temperature, constrained_decoding, latent_prior).
     """
     if generator.domain.name != "crystal":
         raise ValueError(f"the crystal benchmark needs a crystal generator, got domain {generator.domain.name!r}")
@@ -111,12 +109,11 @@ def run_crystal_benchmark(
     workers = workers or default_workers(n)
     domain, cfg = generator.domain, generator.config
     reference = reference or cfg.data.reference
-    constrained = cfg.generate.constrained_decoding if constrained is None else bool(constrained)
     t: dict[str, float] = {}
 
     # -- sample -> decode -> exact checks (the one-shot path a user pays for)
     start = time.perf_counter()
-    batch = generator.sample(n, seed=seed, temperature=temperature, score=False, constrained=constrained)
+    batch = generator.sample(n, seed=seed, score=False)
     t["sample"] = time.perf_counter() - start
     start = time.perf_counter()
     structures = domain.decode(batch.tensors)
@@ -169,8 +166,8 @@ def run_crystal_benchmark(
     out["generate_filter_rank_per_s"] = n / (one_shot + t["score"] + t["filter"] + t["rank"])
     out.update(cost_entries(generator, t))
     out["info"] = {
-        **run_info(generator, seed, temperature, ("torch", "pymatgen", "matminer", "smact")),
-        "constrained_decoding": constrained,
+        **run_info(generator, seed, ("torch", "pymatgen", "matminer", "smact")),
+        "constrained_decoding": cfg.generate.constrained_decoding,
         "reference": reference,
         "reference_size": len(ref_structures),
         "reference_skipped": ref_skipped,
@@ -222,14 +219,14 @@ def cost_entries(generator: Generator, times: dict[str, float]) -> dict[str, flo
     return out
 
 
-def run_info(generator: Generator, seed: int, temperature: float | None, packages: tuple[str, ...]) -> dict[str, Any]:
+def run_info(generator: Generator, seed: int, packages: tuple[str, ...]) -> dict[str, Any]:
     """What a benchmark ran on: model, seed, temperature, latent prior, training and sampling devices,
     CPU threads, machine and package versions."""
     cfg = generator.config
     return {
         "model": generator.source,
         "seed": seed,
-        "temperature": cfg.generate.temperature if temperature is None else temperature,
+        "temperature": cfg.generate.temperature,
         "latent_prior": cfg.generate.latent_prior,
         "prior_spread": cfg.generate.prior_spread,
         "train_epochs": cfg.train.epochs,
