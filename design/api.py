@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -299,16 +300,20 @@ class Generator:
         if prior is None:
             prior = self.prior_for(target, self.config.generate.prior_focus)
         parts = []
-        for start in range(0, n, bs):
-            m = min(bs, n - start)
-            z = prior.sample(m, generator=gen)
-            c = self.condition(m, target, gen)
-            raw = self.model.generator(z, c)
-            batch = self.model.generator.head.sample(
-                raw, tau=1.0, temperature=temperature, generator=gen, constrained=bool(constrained)
-            )
-            tensors = self.domain.batch_to_tensors(batch).to("cpu")
-            parts.append(self.domain.decoding_rules(tensors) if constrained else tensors)
+        # the domain's rules on batch i run in a worker thread while the network samples batch i + 1
+        # (torch releases the GIL in its kernels); the rules are deterministic, so the result is too
+        with ThreadPoolExecutor(max_workers=1) as rules:
+            for start in range(0, n, bs):
+                m = min(bs, n - start)
+                z = prior.sample(m, generator=gen)
+                c = self.condition(m, target, gen)
+                raw = self.model.generator(z, c)
+                batch = self.model.generator.head.sample(
+                    raw, tau=1.0, temperature=temperature, generator=gen, constrained=bool(constrained)
+                )
+                tensors = self.domain.batch_to_tensors(batch).to("cpu")
+                parts.append(rules.submit(self.domain.decoding_rules, tensors) if constrained else tensors)
+            parts = [p.result() if isinstance(p, Future) else p for p in parts]
         tensors = parts[0] if len(parts) == 1 else _concat(parts)
         return GeneratedBatch(tensors, self.score(tensors, bs) if score else {})
 

@@ -87,11 +87,19 @@ class TrainConfig(_Section):
     batch_size: int = Field(64, ge=2)
     lr_g: float = Field(1e-3, gt=0)
     lr_d: float = Field(2e-4, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="cosine: both learning rates follow a cosine over all steps down to lr_final x base"
+    )
+    lr_final: float = Field(0.05, ge=0, le=1, description="last learning rate of the cosine, as a fraction of the base")
     beta_kl: float = Field(0.1, ge=0, description="KL weight; reconstruction and KL are both per-crystal sums")
     kl_warmup_epochs: int = Field(5, ge=0)
     gan_loss: GanLoss = "non_saturating"
     adv_weight: float = Field(0.5, ge=0, description="0 trains a plain VAE (no adversarial term)")
     adv_start_epoch: int = Field(0, ge=0, description="epochs of pure VAE training before the GAN game starts")
+    realism_critic: bool = Field(
+        False, description="with adv_weight 0: D's realism head still learns real vs generated (from "
+        "adv_start_epoch), so rankings and scores get a trained critic, while G gets no adversarial gradient",
+    )
     adv_prior: Literal["standard", "fitted"] = Field(
         "fitted", description="latent samples of the adversarial game: N(0, I) or last epoch's fitted prior"
     )
@@ -103,6 +111,10 @@ class TrainConfig(_Section):
         "(crystals: the lattice); false leaves the cell to the likelihood",
     )
     fm_weight: float = Field(0.1, ge=0, description="feature-matching reconstruction on D's features")
+    fm_relative: bool = Field(
+        False, description="divide the feature-matching distance by the real features' mean square, so a "
+        "discriminator whose features grow cannot make it dominate the loss",
+    )
     prop_weight: float = Field(1.0, ge=0, description="D's property head regression on real data")
     cond_weight: float = Field(0.02, ge=0, description="AC reward: G's samples should read as their condition c")
     penalty_weight: float = Field(10.0, ge=0, description="physics penalty on generated samples")
@@ -471,7 +483,11 @@ class RunConfig(_Section):
 _RUN_CONTROL = ("threads", "collapse_uniqueness")
 # options added after generators were cached: at their default they are left out of the generator
 # key, so existing generators keep their keys (and are reused)
-_LATER_DEFAULTS = {"train": {"adv_samples": None}, "data": {"property_table": None}}
+_LATER_DEFAULTS = {
+    "train": {"adv_samples": None, "fm_relative": False, "lr_schedule": "constant", "lr_final": 0.05,
+              "realism_critic": False},
+    "data": {"property_table": None},
+}
 
 
 def generator_key(config: RunConfig) -> str:

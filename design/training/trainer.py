@@ -8,6 +8,11 @@ Per batch of real samples x with standardised properties y:
   ``reconstruction(G(z|x, y), x) + beta * KL + fm * |D_feat(x) - D_feat(x_rec)|^2
   + adv * L_G(D(G(z, c))) + cond * |D_prop(G(z, c)) - c|^2 + lambda * penalty(G(z, c), x_rec)``.
 
+``train.adv_samples`` sets how many prior samples G(z, c) a step decodes; with ``adv_weight`` 0 and
+``train.realism_critic`` the discriminator still learns real vs generated (a critic for rankings)
+while the generator's loss has no adversarial term. ``train.lr_schedule: cosine`` decays both
+learning rates step by step to ``train.lr_final`` of their base.
+
 Every epoch refits the sampling prior (a Gaussian over the training set's posterior means, see
 ``design/models/latent_prior.py``), appends a history row (mean losses, monitors on a fixed
 sample from that prior: uniqueness, fast structural validity, mean penalty, realism gap) and writes
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -148,13 +154,16 @@ class Trainer:
         return int(blob["epoch"]), list(blob["history"])
 
     # ------------------------------------------------------------------ steps
-    def _prior(self, n: int, y: torch.Tensor):
-        """Latent samples for the adversarial game and the conditions they are decoded with."""
-        if self.config.train.adv_prior == "fitted":
+    def _prior(self, y: torch.Tensor):
+        """Latent samples for the adversarial game, conditioning and penalty, and the conditions they
+        are decoded with (drawn from the batch's): ``train.adv_samples`` of them, at most the batch."""
+        tc = self.config.train
+        n = min(tc.adv_samples or len(y), len(y))
+        if tc.adv_prior == "fitted":
             z = self.prior.sample(n)
         else:
             z = torch.randn(n, self.config.model.latent_dim, device=self.device)
-        c = y[torch.randperm(len(y), device=self.device)]
+        c = y[torch.randperm(len(y), device=self.device)[:n]]
         return z, c
 
     @torch.no_grad()
@@ -173,18 +182,18 @@ class Trainer:
     def _sample(self, raw):
         return self.model.generator.head.sample(raw, tau=self.config.train.gumbel_tau)
 
-    def _d_step(self, real, y, adv_on: bool) -> dict[str, float]:
+    def _d_step(self, real, y, realism: bool) -> dict[str, float]:
         tc = self.config.train
         D = self.model.discriminator
         out: dict[str, float] = {}
         for _ in range(tc.n_critic):
-            with torch.no_grad():
-                z, c = self._prior(len(y), y)
-                fake = self._sample(self.model.generator(z, c)).detach()
             d_real = D(real)
             loss = tc.prop_weight * F.mse_loss(d_real.properties, y)
             out["d_prop"] = float(loss.detach()) / max(tc.prop_weight, 1e-12)
-            if adv_on:
+            if realism:
+                with torch.no_grad():
+                    z, c = self._prior(y)
+                    fake = self._sample(self.model.generator(z, c)).detach()
                 d_fake = D(self._augment(fake))
                 real_realism = D(self._augment(real)).realism if self._augmenting else d_real.realism
                 adv = self.gan.d_loss(real_realism, d_fake.realism, tc.label_smoothing)
@@ -244,9 +253,11 @@ class Trainer:
             through_d = self._through_d
             if tc.fm_weight > 0:
                 fm = (D(through_d(x_rec)).features - d_real.features).pow(2).sum(1).mean()
+                if tc.fm_relative:  # in units of the real features' mean square: D's scale cannot inflate it
+                    fm = fm / d_real.features.pow(2).sum(1).mean().clamp(min=1e-6)
                 loss = loss + tc.fm_weight * fm
                 out["fm"] = float(fm.detach())
-            zp, cp = self._prior(len(y), y)
+            zp, cp = self._prior(y)
             fake = self._sample(m.generator(zp, cp))
             cond_on = tc.cond_weight > 0 and epoch >= tc.adv_start_epoch
             if adv_on or cond_on:
@@ -315,8 +326,13 @@ class Trainer:
             {"model": self.model.state_dict(), "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict()}
         )
 
-    def _set_lr(self) -> None:
-        factor = self.config.train.fault_lr_factor**self.faults
+    def _set_lr(self, progress: float = 0.0) -> None:
+        """Base learning rates x ``fault_lr_factor`` per fault x the schedule at ``progress`` (the
+        fraction of all training steps done): constant, or a cosine from 1 down to ``lr_final``."""
+        tc = self.config.train
+        factor = tc.fault_lr_factor**self.faults
+        if tc.lr_schedule == "cosine":
+            factor *= tc.lr_final + (1 - tc.lr_final) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
         for opt, base in ((self.opt_g, self.config.train.lr_g), (self.opt_d, self.config.train.lr_d)):
             for group in opt.param_groups:
                 group["lr"] = base * factor
@@ -375,16 +391,21 @@ class Trainer:
         for epoch in range(start, tc.epochs):
             te, ce = time.time(), time.process_time()
             adv_on = tc.adv_weight > 0 and epoch >= tc.adv_start_epoch
+            # D learns real vs generated in the game, or as a critic only (no gradient to G)
+            critic_on = (adv_on or tc.realism_critic) and epoch >= tc.adv_start_epoch
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
             sums: dict[str, float] = defaultdict(float)
             steps = 0
             good = self._snapshot()
-            for i in range(0, n - bs + 1, bs):
+            per_epoch = n // bs
+            for step, i in enumerate(range(0, n - bs + 1, bs)):
+                if tc.lr_schedule != "constant":
+                    self._set_lr((epoch * per_epoch + step) / max(tc.epochs * per_epoch - 1, 1))
                 idx = perm[i : i + bs].to(self.device)
                 t = self.tensors_all.subset(idx)
                 y = self.ystd_all[idx]
                 real = self.domain.real_batch(t)
-                parts = self._d_step(real, y, adv_on) if (adv_on or tc.prop_weight > 0) else {}
+                parts = self._d_step(real, y, critic_on) if (critic_on or tc.prop_weight > 0) else {}
                 parts.update(self._g_step(t, real, y, epoch, adv_on))
                 if parts.get("skipped_steps"):
                     self._recover(good, epoch)

@@ -63,6 +63,16 @@ def test_candidates_are_rdkit_molecules_with_scores(gen):
     assert len(gen.sample(2500, seed=0, batch_size=1024).tensors) == 2500  # several batches joined
 
 
+def test_decoding_rules_overlapping_sampling_change_nothing(gen):
+    """The rules run in a worker thread while the next batch is sampled; the molecules are those of
+    the raw samples with the rules applied batch by batch, in order."""
+    raw = gen.sample(600, seed=5, batch_size=128, score=False, constrained=False).tensors
+    ruled = gen.sample(600, seed=5, batch_size=128, score=False, constrained=True).tensors
+    expect = [gen.domain.decoding_rules(raw.subset(slice(i, i + 128))).tokens for i in range(0, 600, 128)]
+    assert torch.equal(ruled.tokens, torch.cat(expect))
+    assert not torch.equal(ruled.tokens, raw.tokens)  # the tiny generator writes macrocycles the rules open
+
+
 def test_valid_only_and_target(gen):
     cands = gen.generate(5, seed=1, valid_only=True, target={"logp": 1.0})
     assert len(cands) == 5 and all(c.valid for c in cands)
@@ -129,15 +139,45 @@ def test_benchmark_runs_on_small_sets(gen, tmp_path):
         run_molecule_benchmark(crystal_generator, n=10)
 
 
-def test_fewer_adversarial_samples_than_the_batch(tmp_path):
-    cfg = tiny_molecule_config(train={"epochs": 1, "adv_samples": 16})
+def test_fewer_adversarial_samples_than_the_batch(tmp_path, monkeypatch):
+    """``train.adv_samples`` sets how many prior samples each step decodes (with the conditions drawn
+    from the batch's); the property-only discriminator steps before the game starts decode none."""
+    cfg = tiny_molecule_config(train={"epochs": 2, "adv_start_epoch": 1, "adv_samples": 16, "monitor_samples": 8})
     domain = build_domain(cfg)
     ds = domain.load_dataset(cfg.data.train, list(cfg.data.properties), cfg.data.limit)
+    sizes = []
+    original = Trainer._sample
+
+    def sample(self, raw):
+        sizes.append((len(raw["h"]), torch.is_grad_enabled()))
+        return original(self, raw)
+
+    monkeypatch.setattr(Trainer, "_sample", sample)
     result = Trainer(cfg, domain, ds, tmp_path).run()
-    assert np.isfinite(result.history[0]["g_adv"]) and np.isfinite(result.history[0]["penalty"])
+    assert np.isfinite(result.history[1]["g_adv"]) and np.isfinite(result.history[0]["penalty"])
+    steps = len(ds) // cfg.train.batch_size
+    with_grad = [n for n, grad in sizes if grad]
+    without = [n for n, grad in sizes if not grad and n == 16]
+    assert with_grad == [16] * (2 * steps)  # the generator's prior samples, every step
+    assert len(without) == steps  # the discriminator's, in the adversarial epoch only
     # an option at its default stays out of the generator key: older generators keep their keys
     assert "adv_samples" not in tiny_molecule_config().generator_part()["train"]
     assert cfg.generator_part()["train"]["adv_samples"] == 16
+
+
+def test_realism_critic_learns_without_steering_the_generator(tmp_path):
+    """``train.realism_critic`` with ``adv_weight`` 0: D's realism head trains (d_adv, from
+    adv_start_epoch) and tells real from generated, while the generator's loss has no adversarial term."""
+    cfg = tiny_molecule_config(train={"epochs": 2, "adv_start_epoch": 1, "adv_weight": 0.0, "realism_critic": True,
+                                      "fm_weight": 0.0, "cond_weight": 0.0})
+    domain = build_domain(cfg)
+    ds = domain.load_dataset(cfg.data.train, list(cfg.data.properties), cfg.data.limit)
+    hist = Trainer(cfg, domain, ds, tmp_path).run().history
+    assert "d_adv" not in hist[0] and "d_adv" in hist[1]
+    assert all("g_adv" not in row for row in hist)
+    assert hist[1]["mon_realism_gap"] > 0  # the critic rates real molecules above generated ones
+    assert cfg.generator_part()["train"]["realism_critic"] is True
+    assert "realism_critic" not in tiny_molecule_config().generator_part()["train"]
 
 
 def test_finetuning_moves_the_generator_toward_its_objects(trained, tmp_path):

@@ -155,3 +155,42 @@ def test_what_discriminator_gradients_may_shape(species_grad, cell_grad):
     assert seen.frac.requires_grad  # geometry always learns from D
     assert seen.species.requires_grad == species_grad
     assert seen.lattice.requires_grad == cell_grad
+
+
+def test_cosine_schedule_decays_both_learning_rates(tmp_path):
+    cfg = tiny_config(train={"epochs": 3, "lr_schedule": "cosine", "lr_final": 0.1})
+    hist = _train(cfg, tmp_path).history
+    lrs = [row["lr_g"] for row in hist]  # the rate of each epoch's last step
+    assert lrs[0] > lrs[1] > lrs[2]
+    assert lrs[2] == pytest.approx(cfg.train.lr_g * 0.1)  # the last step runs at lr_final
+    assert lrs[0] < cfg.train.lr_g
+    # options added later stay out of the generator key at their defaults
+    assert "lr_schedule" not in tiny_config().generator_part()["train"]
+
+
+def test_relative_feature_matching_is_scale_free(tmp_path):
+    """With ``fm_relative`` the feature-matching term is the distance in units of the real features'
+    mean square: scaling the discriminator's features leaves it unchanged; the absolute one grows."""
+    from design.models.vaegan import DiscOutput
+
+    values = {}
+    for relative in (False, True):
+        cfg = tiny_config(train={"epochs": 1, "fm_relative": relative, "fm_weight": 0.1})
+        dom = build_domain(cfg)
+        tr = Trainer(cfg, dom, training_set(dom, cfg), tmp_path / str(relative))
+        tr._setup()
+        start = {k: v.clone() for k, v in tr.model.state_dict().items()}
+        idx = torch.arange(cfg.train.batch_size)
+        t = tr.tensors_all.subset(idx)
+        values[relative] = []
+        for scale in (1.0, 10.0):
+            tr.model.load_state_dict(start)  # a step updates the weights: every call starts from the same ones
+            torch.manual_seed(0)
+            handle = tr.model.discriminator.register_forward_hook(
+                lambda mod, inp, res, s=scale: DiscOutput(res.realism, res.properties, res.features * s))
+            try:
+                values[relative].append(tr._g_step(t, dom.real_batch(t), tr.ystd_all[idx], 0, True)["fm"])
+            finally:
+                handle.remove()
+    assert values[False][1] == pytest.approx(100 * values[False][0], rel=1e-3)
+    assert values[True][1] == pytest.approx(values[True][0], rel=1e-3)
