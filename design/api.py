@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -312,8 +312,8 @@ class Generator:
                     raw, tau=1.0, temperature=temperature, generator=gen, constrained=bool(constrained)
                 )
                 tensors = self.domain.batch_to_tensors(batch).to("cpu")
-                parts.append(rules.submit(self.domain.decoding_rules, tensors) if constrained else tensors)
-            parts = [p.result() if isinstance(p, Future) else p for p in parts]
+                parts.append(rules.submit(self.domain.decoding_rules if constrained else _unchanged, tensors))
+            parts = [p.result() for p in parts]
         tensors = parts[0] if len(parts) == 1 else _concat(parts)
         return GeneratedBatch(tensors, self.score(tensors, bs) if score else {})
 
@@ -383,6 +383,10 @@ def _check_count(n: Any) -> None:
         raise TypeError(f"n must be an int, got {type(n).__name__} {n!r}")
     if n <= 0:
         raise ValueError(f"n must be a positive number of samples, got {n}")
+
+
+def _unchanged(tensors: Any) -> Any:
+    return tensors
 
 
 def _concat(parts: list) -> Any:

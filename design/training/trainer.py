@@ -333,7 +333,7 @@ class Trainer:
         factor = tc.fault_lr_factor**self.faults
         if tc.lr_schedule == "cosine":
             factor *= tc.lr_final + (1 - tc.lr_final) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-        for opt, base in ((self.opt_g, self.config.train.lr_g), (self.opt_d, self.config.train.lr_d)):
+        for opt, base in ((self.opt_g, tc.lr_g), (self.opt_d, tc.lr_d)):
             for group in opt.param_groups:
                 group["lr"] = base * factor
 
@@ -392,7 +392,7 @@ class Trainer:
             te, ce = time.time(), time.process_time()
             adv_on = tc.adv_weight > 0 and epoch >= tc.adv_start_epoch
             # D learns real vs generated in the game, or as a critic only (no gradient to G)
-            critic_on = (adv_on or tc.realism_critic) and epoch >= tc.adv_start_epoch
+            critic_on = adv_on or (tc.realism_critic and epoch >= tc.adv_start_epoch)
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
             sums: dict[str, float] = defaultdict(float)
             steps = 0
