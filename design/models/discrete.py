@@ -13,9 +13,18 @@ import torch.nn.functional as F
 
 def gumbel(logits: torch.Tensor, tau: float, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(soft sample [.., C] with temperature tau, hard index [..]) of a Gumbel-perturbed categorical."""
-    u = torch.rand(logits.shape, generator=generator, device=logits.device).clamp(1e-10, 1 - 1e-10)
-    noisy = logits - torch.log(-torch.log(u))
+    noisy = _perturbed(logits, generator)
     return torch.softmax(noisy / tau, dim=-1), noisy.argmax(-1)
+
+
+def gumbel_index(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """The hard index of :func:`gumbel` alone (the same noise, so the same sample), without the softmax."""
+    return _perturbed(logits, generator).argmax(-1)
+
+
+def _perturbed(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    u = torch.rand(logits.shape, generator=generator, device=logits.device).clamp(1e-10, 1 - 1e-10)
+    return logits - torch.log(-torch.log(u))
 
 
 def straight_through(soft: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

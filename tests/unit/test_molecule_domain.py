@@ -145,3 +145,27 @@ def test_decoding_rule_opens_macrocycles_and_leaves_the_rest():
     # ibuprofen: its branch tokens' size indices may be ring symbols; only the one real ring token is found
     row = selfies_to_indices(selfies[3], vocab.index, 40)
     assert len(ring_tokens(row, vocab.tokens)) == 1
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_sampler_step_is_the_trained_gru(layers):
+    """The sampler's hand-written GRU step (input gates precomputed per token and per molecule)
+    gives the teacher-forced ``nn.GRU`` logits, so sampling draws from the distribution trained."""
+    from design.config import ModelConfig
+    from design.domains.molecule.nets import TokenDecoderHead
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(latent_dim=8, hidden=32, site_dim=16, decoder_layers=layers)
+    head = TokenDecoderHead(cfg, vocab_size=11, max_tokens=9)
+    h = torch.randn(5, 32)
+    tokens = torch.randint(1, 11, (5, 7))
+    with torch.no_grad():
+        expected = head.logits({"h": h}, tokens)
+        gates = head._input_gates(h)
+        hx = list(head._h0(h))
+        gi = gates["start"] + gates["trunk"]
+        steps = []
+        for t in range(tokens.shape[1]):
+            steps.append(head.out(head._cell(gi, hx)))
+            gi = gates["token"][tokens[:, t]] + gates["trunk"]
+    assert torch.allclose(torch.stack(steps, 1), expected, atol=1e-5)

@@ -21,7 +21,7 @@ from torch import nn
 
 from design.config import ModelConfig
 from design.domains.molecule.tokens import MoleculeBatch, MoleculeTensors
-from design.models.discrete import gumbel, straight_through
+from design.models.discrete import gumbel, gumbel_index, straight_through
 
 
 class TokenEncoderBody(nn.Module):
@@ -148,20 +148,20 @@ class TokenDecoderHead(nn.Module):
         h = raw["h"]
         if not torch.is_grad_enabled():
             return self._sample_hard(h, temperature, generator)
-        bsz = h.shape[0]
-        hx = self._h0(h)
-        inp = self.start.expand(bsz, -1)
-        done = torch.zeros(bsz, dtype=torch.bool, device=h.device)
+        hx = list(self._h0(h))
+        gates = self._input_gates(h)
+        gi = gates["start"].expand(h.shape[0], -1) + gates["trunk"]
+        done = torch.zeros(h.shape[0], dtype=torch.bool, device=h.device)
         steps = []
         for step in range(self.max_tokens):
-            out, hx = self.gru(torch.cat([inp, h], dim=1)[:, None], hx)
-            soft, idx = gumbel(self._first_logits(self.out(out[:, 0]) / temperature, step), tau, generator)
+            out = self._cell(gi, hx)
+            soft, idx = gumbel(self._first_logits(self.out(out) / temperature, step), tau, generator)
             st = straight_through(soft, idx)
             steps.append(st)
             done = done | (idx == 0)
             if bool(done.all()):
                 break
-            inp = st @ self.embed
+            gi = st @ gates["token"] + gates["trunk"]
         return self._finish(torch.stack(steps, dim=1), self.max_tokens + 1)
 
     def _first_logits(self, logits: torch.Tensor, step: int) -> torch.Tensor:
@@ -172,19 +172,51 @@ class TokenDecoderHead(nn.Module):
         bsz = h.shape[0]
         tokens = torch.zeros(bsz, self.max_tokens + 1, dtype=torch.long, device=h.device)
         rows = torch.arange(bsz, device=h.device)
-        hx = self._h0(h)
-        inp = self.start.expand(bsz, -1)
+        hx = list(self._h0(h))
+        gates = self._input_gates(h)
+        trunk = gates["trunk"]
+        gi = gates["start"] + trunk
         for step in range(self.max_tokens):
-            out, hx = self.gru(torch.cat([inp, h], dim=1)[:, None], hx)
-            # the argmax of Gumbel-perturbed logits is the sample; tau only shapes gradients
-            _, idx = gumbel(self._first_logits(self.out(out[:, 0]) / temperature, step), 1.0, generator)
+            out = self._cell(gi, hx)
+            # the argmax of Gumbel-perturbed logits is the sample
+            idx = gumbel_index(self._first_logits(self.out(out) / temperature, step), generator)
             tokens[rows, step] = idx
-            going = idx != 0
-            if not bool(going.any()):
+            going = (idx != 0).nonzero().squeeze(1)
+            if len(going) == 0:
                 break
-            rows, h, hx, idx = rows[going], h[going], hx[:, going], idx[going]
-            inp = self.embed[idx]
+            if len(going) < len(rows):
+                rows, trunk, idx = rows[going], trunk[going], idx[going]
+                hx = [x[going] for x in hx]
+            gi = gates["token"][idx] + trunk
         return MoleculeBatch(F.one_hot(tokens, self.vocab_size).to(h.dtype))
+
+    def _input_gates(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The first GRU layer's input-gate pre-activations split by source: the input is the
+        token embedding next to the trunk vector ``h`` [B, H], so per token [V, 3H] (``token``; the
+        start token's [3H] is ``start``) and per molecule [B, 3H] (``trunk``, with the input bias)
+        are computed once, and a sampling step only looks rows up instead of multiplying
+        [B, E + H] by [E + H, 3H]."""
+        w = self.gru.weight_ih_l0
+        e = self.embed.shape[1]
+        return {
+            "token": self.embed @ w[:, :e].T,
+            "start": self.start @ w[:, :e].T,
+            "trunk": F.linear(h, w[:, e:], self.gru.bias_ih_l0),
+        }
+
+    def _cell(self, gi: torch.Tensor, hx: list[torch.Tensor]) -> torch.Tensor:
+        """One step of ``self.gru`` (the same equations and weights as ``nn.GRU``) given the first
+        layer's input gates ``gi`` [B, 3H]; updates the per-layer states ``hx`` in place and returns
+        the top layer's output [B, H]."""
+        for layer in range(self.layers):
+            if layer:
+                gi = F.linear(hx[layer - 1], getattr(self.gru, f"weight_ih_l{layer}"), getattr(self.gru, f"bias_ih_l{layer}"))
+            gh = F.linear(hx[layer], getattr(self.gru, f"weight_hh_l{layer}"), getattr(self.gru, f"bias_hh_l{layer}"))
+            width = gh.shape[1] // 3
+            r, z = torch.sigmoid(gi[:, : 2 * width] + gh[:, : 2 * width]).chunk(2, 1)
+            n = torch.tanh(gi[:, 2 * width :] + r * gh[:, 2 * width :])
+            hx[layer] = torch.lerp(n, hx[layer], z)  # (1 - z) n + z h
+        return hx[-1]
 
 
 class _WindowConv(nn.Module):
