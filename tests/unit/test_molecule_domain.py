@@ -58,6 +58,21 @@ def test_bad_rows_are_skipped_and_counted(tmp_path):
                           "more than max_tokens=40 SELFIES tokens": 1}
 
 
+def test_encoding_on_worker_processes_matches_one_process():
+    """Large corpora are encoded in chunks on a process pool: the same rows, skips and labels."""
+    import functools
+
+    from design.data.molecules import _encode_chunk
+    from design.parallel import chunked_map
+
+    items = [("CCO", [None]), ("not_a_smiles", [None]), ("c1ccccc1O", [2.5]), ("CC(=O)Nc1ccccc1", [None]),
+             ("CC.O", [None]), ("C1CCCCC1N", [float("nan")])] * 3
+    fn = functools.partial(_encode_chunk, properties=["logp"], max_tokens=40)
+    pooled = chunked_map(fn, items, workers=2, chunk=4)
+    assert pooled == fn(items)
+    assert pooled[1] == "SMILES does not parse" and pooled[2][2] == [2.5] and pooled[5] == "property not finite"
+
+
 def test_csv_without_smiles_column_is_an_error_that_names_the_columns(tmp_path):
     path = tmp_path / "x.csv"
     path.write_text("mol,score\nCCO,1\n")
