@@ -1,8 +1,9 @@
 """Map a function over chunks of work on a process pool, with progress and a serial fallback.
 
 CIF parsing, spglib, matminer's CrystalNN and the SELFIES encoder hold the GIL, so threads do not
-help; processes do. The pool uses ``spawn`` (safe with torch and MLflow threads). If it cannot start, e.g. when the
-main module cannot be re-imported as for code piped to ``python -``, the work runs in one process.
+help; processes do. The pool uses ``spawn`` (safe with torch and MLflow threads). If it cannot
+start, e.g. when the main module cannot be re-imported as for code piped to ``python -``, the work
+runs in one process.
 """
 
 from __future__ import annotations
