@@ -66,6 +66,11 @@ class ModelConfig(_Section):
     disc_cutoff: float = Field(6.0, gt=0, description="crystals: radial cutoff of the discriminator, Angstrom")
     rbf: int = Field(12, ge=2, description="crystals: radial basis functions per distance")
     spectral_norm: bool = True
+    site_count: bool = Field(
+        False,
+        description="crystals: a categorical head draws the number of sites N, then each of the first N "
+        "slots a palette entry (off: each slot draws empty or an entry on its own)",
+    )
 
     @model_validator(mode="after")
     def _heads_divide(self) -> ModelConfig:
@@ -487,6 +492,7 @@ _LATER_DEFAULTS = {
     "train": {"adv_samples": None, "fm_relative": False, "lr_schedule": "constant", "lr_final": 0.05,
               "realism_critic": False},
     "data": {"property_table": None},
+    "model": {"site_count": False},
 }
 
 

@@ -165,3 +165,57 @@ def test_domain_without_augmentation_refuses_it():
         Domain.augment(bare, object(), 0.1, False)
     marker = object()
     assert Domain.augment(bare, marker, 0.0, False) is marker
+
+
+@pytest.fixture(scope="module")
+def counted():
+    cfg = tiny_config(model={"site_count": True})
+    dom = build_domain(cfg)
+    ds = training_set(dom, cfg)
+    torch.manual_seed(0)
+    return cfg, dom, ds, build_model(cfg, dom, dom.fit_state(ds)).eval()
+
+
+def test_count_head_draws_n_then_fills_the_first_n_slots_with_used_entries(counted):
+    cfg, _, _, model = counted
+    head = model.generator.head
+    k, s = cfg.model.max_elements, 20
+    big = 1e4
+    palette = torch.full((3, k, 104), -big)
+    palette[:, 0, 11] = big  # entry 0: Na, entry 1: Cl, the rest unused
+    palette[:, 1, 17] = big
+    palette[:, 2:, 0] = big
+    count = torch.full((3, s), -big)
+    count[0, 3], count[1, 7], count[2, 0] = big, big, big  # N = 4, 8, 1
+    types = torch.zeros(3, s, k + 1)
+    types[..., 0] = big  # the empty logit is ignored: the count decides emptiness
+    types[..., 3] = big / 2  # unused entry 2 is never taken
+    types[..., 1:3] = big / 4 * torch.tensor([1.0, 1.0])  # between Na and Cl
+    raw = {"palette_logits": palette, "type_logits": types, "count_logits": count,
+           "coord_vec": torch.randn(3, s, 3, 2), "lattice_std": torch.zeros(3, 6)}
+    z = head.sample(raw, generator=torch.Generator().manual_seed(0)).species.argmax(-1)
+    for row, n in zip(z, (4, 8, 1), strict=True):
+        assert (row[:n] > 0).all() and (row[n:] == 0).all()
+        assert set(row[:n].tolist()) <= {11, 17}
+
+
+def test_count_head_likelihood_and_gradient(counted):
+    cfg, dom, ds, model = counted
+    t = ds.tensors.subset(torch.arange(8))
+    raw = model.generator(model.encoder(t)[0], torch.zeros(8, 1))
+    assert raw["count_logits"].shape == (8, 20)
+    rec = model.generator.head.reconstruction_loss(raw, t)
+    assert set(rec) == {"count", "palette", "sites", "coords", "lattice"}
+    n = (t.z > 0).sum(1)
+    expected = torch.nn.functional.cross_entropy(raw["count_logits"], n - 1)
+    assert torch.allclose(rec["count"], expected)
+    model.zero_grad()
+    model.discriminator(model.generator.head.sample(raw)).realism.sum().backward()
+    assert model.generator.head.count[-1].weight.grad.abs().sum() > 0  # soft occupancy P(N > s) carries it
+
+
+def test_count_head_keeps_existing_generator_keys():
+    from design.config import generator_key
+
+    assert generator_key(tiny_config(model={"site_count": False})) == generator_key(tiny_config())
+    assert generator_key(tiny_config(model={"site_count": True})) != generator_key(tiny_config())

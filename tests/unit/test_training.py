@@ -16,11 +16,12 @@ def _train(cfg, workdir):
     return Trainer(cfg, dom, ds, workdir).run()
 
 
-def test_overfits_a_tiny_set(tmp_path):
+@pytest.mark.parametrize("site_count", [False, True])
+def test_overfits_a_tiny_set(tmp_path, site_count):
     # VAE only (no adversary): 16 crystals, reconstruction must fall far below its starting value
     cfg = tiny_config(
         data={"limit": 16},
-        model={"hidden": 64, "site_dim": 32},
+        model={"hidden": 64, "site_dim": 32, "site_count": site_count},
         train={"epochs": 120, "batch_size": 16, "adv_weight": 0.0, "beta_kl": 0.0, "kl_warmup_epochs": 0,
                "fm_weight": 0.0, "prop_weight": 0.0, "penalty_weight": 0.0, "lr_g": 3e-3},
     )
@@ -30,6 +31,8 @@ def test_overfits_a_tiny_set(tmp_path):
     assert last["rec_sites"] < 0.25 * first["rec_sites"]
     assert last["rec_lattice"] < 0.25 * first["rec_lattice"]
     assert last["rec_coords"] < 0.6 * first["rec_coords"]
+    if site_count:
+        assert last["rec_count"] < 0.25 * first["rec_count"]
 
 
 def test_same_seed_same_history(tmp_path):

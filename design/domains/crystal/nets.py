@@ -147,7 +147,9 @@ class CrystalDecoderHead(nn.Module):
     Composition first: the head draws a palette of K elements per crystal (entry 0 always an
     element, the others may be unused), then each of the S slots picks "empty" or a palette entry.
     A crystal therefore never has more than K distinct elements, and its element choices are made
-    jointly rather than slot by slot.
+    jointly rather than slot by slot. With ``model.site_count`` the number of sites N is drawn first
+    from its own categorical head and the first N slots each pick a used palette entry, so the count
+    is one joint choice (crystals come in whole formula units) instead of S independent ones.
     """
 
     def __init__(
@@ -173,6 +175,7 @@ class CrystalDecoderHead(nn.Module):
         vols = None if element_volume is None else torch.tensor(element_volume, dtype=torch.float32)
         self.register_buffer("element_volume", vols, persistent=False)
         self.palette = mlp([cfg.hidden, cfg.hidden, n_palette * N_SPECIES])
+        self.count = mlp([cfg.hidden, cfg.hidden, max_sites]) if cfg.site_count else None  # logits of N = 1..S
         self.to_slots = nn.Linear(cfg.hidden, max_sites * d)  # each slot reads its own view of h
         self.slot_embed = nn.Parameter(torch.randn(max_sites, d))
         layer = nn.TransformerEncoderLayer(d, cfg.heads, 2 * d, dropout=0.0, batch_first=True, norm_first=True)
@@ -187,12 +190,15 @@ class CrystalDecoderHead(nn.Module):
         slots = self.to_slots(h).view(bsz, self.max_sites, -1) + self.slot_embed[None]
         slots = self.transformer(slots)
         lat = self.lattice(torch.cat([h, slots.mean(1)], dim=1))
-        return {
+        out = {
             "palette_logits": palette,
             "type_logits": self.types(slots),
             "coord_vec": self.coords(slots).view(bsz, self.max_sites, 3, 2),  # (cos, sin) of 2 pi frac
             "lattice_std": lat,
         }
+        if self.count is not None:
+            out["count_logits"] = self.count(h)
+        return out
 
     def sample(
         self,
@@ -208,15 +214,20 @@ class CrystalDecoderHead(nn.Module):
         applies the inference-time rules of :mod:`design.domains.crystal.constrain`."""
         pal_soft, pal_idx = _gumbel(raw["palette_logits"] / temperature, tau, generator)
         typ_logits = raw["type_logits"] / temperature
-        typ_soft, typ_idx = _gumbel(typ_logits, tau, generator)
-        # a slot that points at an unused palette entry (species 0) is empty
-        entry_unused = torch.gather(pal_idx == 0, 1, (typ_idx - 1).clamp(min=0))  # [B, S]
-        typ_idx = typ_idx.masked_fill((typ_idx > 0) & entry_unused, 0)
-        empty_rows = (typ_idx == 0).all(1)
-        if empty_rows.any():  # occupy the slot least likely to be empty, with palette entry 0
-            rows = empty_rows.nonzero().squeeze(1)
-            slot = (1 - torch.softmax(typ_logits[rows], -1)[..., 0]).argmax(1)
-            typ_idx[rows, slot] = 1
+        if "count_logits" in raw:
+            typ_soft, typ_idx = self._counted_types(raw["count_logits"] / temperature, typ_logits, pal_idx, tau, generator)
+            typ_logits = typ_logits.clone()
+            typ_logits[..., 0] = float("-inf")  # the count decides emptiness: confidences are over entries
+        else:
+            typ_soft, typ_idx = _gumbel(typ_logits, tau, generator)
+            # a slot that points at an unused palette entry (species 0) is empty
+            entry_unused = torch.gather(pal_idx == 0, 1, (typ_idx - 1).clamp(min=0))  # [B, S]
+            typ_idx = typ_idx.masked_fill((typ_idx > 0) & entry_unused, 0)
+            empty_rows = (typ_idx == 0).all(1)
+            if empty_rows.any():  # occupy the slot least likely to be empty, with palette entry 0
+                rows = empty_rows.nonzero().squeeze(1)
+                slot = (1 - torch.softmax(typ_logits[rows], -1)[..., 0]).argmax(1)
+                typ_idx[rows, slot] = 1
         vec = raw["coord_vec"]
         frac = torch.remainder(torch.atan2(vec[..., 1], vec[..., 0]) / TWO_PI, 1.0)
         # the N^(1/3) scale of the lattice is a convention: no gradient flows through the atom count
@@ -231,6 +242,27 @@ class CrystalDecoderHead(nn.Module):
         empty = F.one_hot(torch.zeros((), dtype=torch.long, device=palette.device), N_SPECIES).to(palette.dtype)
         species = types[..., :1] * empty + torch.einsum("bsk,bkv->bsv", types[..., 1:], palette)
         return CrystalBatch(species, frac, lattice)
+
+    def _counted_types(
+        self,
+        count_logits: torch.Tensor,
+        typ_logits: torch.Tensor,
+        pal_idx: torch.Tensor,
+        tau: float,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(soft [B, S, K + 1], hard [B, S]) slot types with the count drawn first: N from
+        ``count_logits`` [B, S], then a used palette entry for each of the first N slots. The soft
+        occupancy of slot s is P(N > s), so the count's gradient reaches the count head."""
+        cnt_soft, cnt_idx = _gumbel(count_logits, tau, generator)  # N = cnt_idx + 1
+        occ_soft = cnt_soft.flip(-1).cumsum(-1).flip(-1)  # [B, S]: P(N > s)
+        occupied = torch.arange(self.max_sites, device=cnt_idx.device)[None] <= cnt_idx[:, None]
+        # palette entry 0 is always an element, so every slot has an entry to take
+        entry_logits = typ_logits[..., 1:].masked_fill((pal_idx == 0)[:, None, :], float("-inf"))
+        ent_soft, ent_idx = _gumbel(entry_logits, tau, generator)
+        typ_idx = torch.where(occupied, ent_idx + 1, torch.zeros_like(ent_idx))
+        typ_soft = torch.cat([(1 - occ_soft)[..., None], occ_soft[..., None] * ent_soft], dim=-1)
+        return typ_soft, typ_idx
 
     def _constrain(
         self,
@@ -275,7 +307,8 @@ class CrystalDecoderHead(nn.Module):
         on the same per-sample scale as the KL term:
 
         * ``palette``: cross-entropy of the K palette entries (unused entries have target 0);
-        * ``sites``: cross-entropy of each slot's type (empty or palette index), all slots;
+        * ``sites``: cross-entropy of each slot's type (empty or palette index), all slots; with the
+          count head, ``count`` (cross-entropy of N) and ``sites`` over the occupied slots' entries;
         * ``coords``: wrap-aware ``1 - cos(2 pi (f_hat - f))`` summed over occupied slots and axes
           (a von Mises log-likelihood up to constants), plus ``(|v| - 1)^2`` for the (cos, sin)
           vector ``v``, which keeps the angle's gradient bounded;
@@ -285,7 +318,12 @@ class CrystalDecoderHead(nn.Module):
         bsz = t.z.shape[0]
         pal_target, type_target = palette_targets(t.z, self.n_palette)
         palette = F.cross_entropy(raw["palette_logits"].reshape(-1, N_SPECIES), pal_target.reshape(-1), reduction="sum")
-        sites = F.cross_entropy(raw["type_logits"].reshape(-1, self.n_palette + 1), type_target.reshape(-1), reduction="sum")
+        out = {}
+        if "count_logits" in raw:
+            out["count"] = F.cross_entropy(raw["count_logits"], mask.sum(1) - 1, reduction="sum") / bsz
+            sites = F.cross_entropy(raw["type_logits"][..., 1:][mask], type_target[mask] - 1, reduction="sum")
+        else:
+            sites = F.cross_entropy(raw["type_logits"].reshape(-1, self.n_palette + 1), type_target.reshape(-1), reduction="sum")
         vec = raw["coord_vec"]
         norm = torch.linalg.vector_norm(vec, dim=-1)  # [B, S, 3]
         ang = TWO_PI * t.frac
@@ -295,7 +333,8 @@ class CrystalDecoderHead(nn.Module):
         coords = (cos_err * mask[..., None]).sum() + ((norm - 1) ** 2 * mask[..., None]).sum()
         lat_target = self.scaler.to_std(t.lattice, mask.sum(1).float())
         lattice = F.mse_loss(raw["lattice_std"], lat_target, reduction="sum")
-        return {"palette": palette / bsz, "sites": sites / bsz, "coords": coords / bsz, "lattice": lattice / bsz}
+        out.update({"palette": palette / bsz, "sites": sites / bsz, "coords": coords / bsz, "lattice": lattice / bsz})
+        return out
 
 
 class _RBF(nn.Module):
