@@ -36,6 +36,7 @@ from design.domains.crystal.tensors import (
     self_pair_mask,
 )
 from design.models.discrete import gumbel as _gumbel
+from design.models.discrete import gumbel_index
 from design.models.discrete import straight_through as _straight_through
 
 TWO_PI = 2 * math.pi
@@ -252,16 +253,20 @@ class CrystalDecoderHead(nn.Module):
         generator: torch.Generator | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(soft [B, S, K + 1], hard [B, S]) slot types with the count drawn first: N from
-        ``count_logits`` [B, S], then a used palette entry for each of the first N slots. The soft
-        occupancy of slot s is P(N > s), so the count's gradient reaches the count head."""
-        cnt_soft, cnt_idx = _gumbel(count_logits, tau, generator)  # N = cnt_idx + 1
-        occ_soft = cnt_soft.flip(-1).cumsum(-1).flip(-1)  # [B, S]: P(N > s)
+        ``count_logits`` [B, S], then a used palette entry for each of the first N slots.
+
+        The occupancy carries no gradient: the count is learnt from the likelihood alone. Measured:
+        with a soft occupancy P(N > s), the physics penalty (which empty slots always satisfy) drove
+        the count of prior samples down (30% drew one site; mean 5.6 sites against 9.5 in the test
+        split)."""
+        cnt_idx = gumbel_index(count_logits, generator)  # N = cnt_idx + 1
         occupied = torch.arange(self.max_sites, device=cnt_idx.device)[None] <= cnt_idx[:, None]
         # palette entry 0 is always an element, so every slot has an entry to take
         entry_logits = typ_logits[..., 1:].masked_fill((pal_idx == 0)[:, None, :], float("-inf"))
         ent_soft, ent_idx = _gumbel(entry_logits, tau, generator)
         typ_idx = torch.where(occupied, ent_idx + 1, torch.zeros_like(ent_idx))
-        typ_soft = torch.cat([(1 - occ_soft)[..., None], occ_soft[..., None] * ent_soft], dim=-1)
+        occ = occupied.to(ent_soft.dtype)[..., None]
+        typ_soft = torch.cat([1 - occ, occ * ent_soft], dim=-1)
         return typ_soft, typ_idx
 
     def _constrain(
