@@ -220,15 +220,7 @@ class CrystalDecoderHead(nn.Module):
             typ_logits = typ_logits.clone()
             typ_logits[..., 0] = float("-inf")  # the count decides emptiness: confidences are over entries
         else:
-            typ_soft, typ_idx = _gumbel(typ_logits, tau, generator)
-            # a slot that points at an unused palette entry (species 0) is empty
-            entry_unused = torch.gather(pal_idx == 0, 1, (typ_idx - 1).clamp(min=0))  # [B, S]
-            typ_idx = typ_idx.masked_fill((typ_idx > 0) & entry_unused, 0)
-            empty_rows = (typ_idx == 0).all(1)
-            if empty_rows.any():  # occupy the slot least likely to be empty, with palette entry 0
-                rows = empty_rows.nonzero().squeeze(1)
-                slot = (1 - torch.softmax(typ_logits[rows], -1)[..., 0]).argmax(1)
-                typ_idx[rows, slot] = 1
+            typ_soft, typ_idx = self._slot_types(typ_logits, pal_idx, tau, generator)
         vec = raw["coord_vec"]
         frac = torch.remainder(torch.atan2(vec[..., 1], vec[..., 0]) / TWO_PI, 1.0)
         # the N^(1/3) scale of the lattice is a convention: no gradient flows through the atom count
@@ -243,6 +235,23 @@ class CrystalDecoderHead(nn.Module):
         empty = F.one_hot(torch.zeros((), dtype=torch.long, device=palette.device), N_SPECIES).to(palette.dtype)
         species = types[..., :1] * empty + torch.einsum("bsk,bkv->bsv", types[..., 1:], palette)
         return CrystalBatch(species, frac, lattice)
+
+    @staticmethod
+    def _slot_types(
+        typ_logits: torch.Tensor, pal_idx: torch.Tensor, tau: float, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(soft [B, S, K + 1], hard [B, S]) slot types drawn slot by slot: "empty" or a palette
+        entry; a slot that points at an unused entry is empty, and a crystal left with no site gets
+        palette entry 0 in the slot least likely to be empty."""
+        typ_soft, typ_idx = _gumbel(typ_logits, tau, generator)
+        entry_unused = torch.gather(pal_idx == 0, 1, (typ_idx - 1).clamp(min=0))  # [B, S]
+        typ_idx = typ_idx.masked_fill((typ_idx > 0) & entry_unused, 0)
+        empty_rows = (typ_idx == 0).all(1)
+        if empty_rows.any():
+            rows = empty_rows.nonzero().squeeze(1)
+            slot = (1 - torch.softmax(typ_logits[rows], -1)[..., 0]).argmax(1)
+            typ_idx[rows, slot] = 1
+        return typ_soft, typ_idx
 
     def _counted_types(
         self,
