@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from rdkit import Chem
 
 from design.data.sources import cache_dir, resolve, sha256_of
 from design.domains.base import EncodedDataset
@@ -30,8 +29,8 @@ from design.domains.molecule.tokens import (
     EncodeError,
     MoleculeTensors,
     Vocabulary,
+    mol_to_selfies,
     selfies_to_indices,
-    smiles_to_selfies,
 )
 from design.parallel import chunked_map, default_workers
 from design.utils import atomic_path
@@ -108,7 +107,7 @@ def _encode_chunk(items: list[tuple], properties: list[str], max_tokens: int) ->
             out.append("SMILES does not parse")
             continue
         try:
-            selfies = smiles_to_selfies(smi)
+            canonical, selfies = mol_to_selfies(mol)
             if sf.len_selfies(selfies) > max_tokens:
                 raise EncodeError(f"more than max_tokens={max_tokens} SELFIES tokens")
         except EncodeError as err:
@@ -118,7 +117,7 @@ def _encode_chunk(items: list[tuple], properties: list[str], max_tokens: int) ->
         if not all(np.isfinite(row)):
             out.append("property not finite")
             continue
-        out.append((Chem.MolToSmiles(mol), selfies, row))
+        out.append((canonical, selfies, row))
     return out
 
 

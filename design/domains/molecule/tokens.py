@@ -59,10 +59,16 @@ def smiles_to_selfies(smiles: str) -> str:
     mol = Chem.MolFromSmiles(smiles)
     if mol is None:
         raise EncodeError("SMILES does not parse")
+    return mol_to_selfies(mol)[1]
+
+
+def mol_to_selfies(mol: Chem.Mol) -> tuple[str, str]:
+    """(canonical SMILES, SELFIES) of a parsed molecule; raises :class:`EncodeError`."""
     if len(Chem.GetMolFrags(mol)) > 1:
         raise EncodeError("more than one fragment")
+    canonical = Chem.MolToSmiles(mol)
     try:
-        return sf.encoder(Chem.MolToSmiles(mol))
+        return canonical, sf.encoder(canonical)
     except sf.EncoderError as err:
         raise EncodeError(f"SELFIES encoder refused it ({str(err).splitlines()[0]})") from None
 
