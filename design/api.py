@@ -228,13 +228,14 @@ class Generator:
         return self.focused_prior(target, focus, self.latent_means(feedback) if feedback else None)
 
     def base_prior(self) -> GaussianPrior | MixturePrior:
-        """The prior of untargeted sampling, ``generate.latent_prior``: N(0, I), the fitted Gaussian,
-        or the mixture of Gaussians around the training samples' encodings (``generate.prior_spread``)."""
+        """The prior of untargeted sampling, ``generate.latent_prior``: N(0, I) or the fitted Gaussian
+        (either widened by ``generate.prior_scale``), or the mixture of Gaussians around the training
+        samples' encodings (``generate.prior_spread``)."""
         g = self.config.generate
         if g.latent_prior == "standard":
-            return GaussianPrior.standard(self.latent_dim, self.device)
+            return GaussianPrior.standard(self.latent_dim, self.device).scaled(g.prior_scale)
         if g.latent_prior == "fitted":
-            return self.latent_prior
+            return self.latent_prior.scaled(g.prior_scale)
         if self.latent_bank is None:
             raise ValueError(
                 f"generator {self.source} has no latent bank (trained before it was stored), so "

@@ -156,7 +156,7 @@ def run_crystal_benchmark(
     gen_fps = cm.fingerprints(cov_set, workers, label="generated fingerprints")
     t["fingerprint_generated"] = time.perf_counter() - start
     scaler = cm.fit_scaler(np.stack([cm.composition_fingerprint(s) for s in train_structures]))
-    out.update(cm.coverage(gen_fps, ref_fps, scaler))
+    out.update(cm.coverage(gen_fps, ref_fps, scaler, reference_sites=[len(s) for s in ref_structures]))
     out["cov_generated_failed"] = gen_fps.failed
     out["cov_reference_failed"] = ref_fps.failed
 
@@ -229,6 +229,7 @@ def run_info(generator: Generator, seed: int, packages: tuple[str, ...]) -> dict
         "temperature": cfg.generate.temperature,
         "latent_prior": cfg.generate.latent_prior,
         "prior_spread": cfg.generate.prior_spread,
+        "prior_scale": cfg.generate.prior_scale,
         "train_epochs": cfg.train.epochs,
         "train_device": generator.train_info.get("device"),
         "sample_device": str(generator.device),

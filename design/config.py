@@ -219,6 +219,11 @@ class GenerateConfig(_Section):
     prior_spread: float = Field(
         0.5, gt=0, description="latent_prior: mixture: width of each Gaussian relative to the fitted prior's"
     )
+    prior_scale: float = Field(
+        1.0, gt=0, description="latent_prior: fitted or standard: the Gaussian's width relative to itself (same "
+        "mean and shape); > 1 samples further from the training encodings' centre, e.g. sqrt(1 + mean posterior "
+        "variance / variance of the means) matches the aggregate posterior's second moment",
+    )
     target: dict[str, float] | None = Field(
         None, description="property values to condition on, physical units; null samples the data distribution"
     )
@@ -463,6 +468,11 @@ class RunConfig(_Section):
                              "remove it, or set domain: molecule and remove surrogate/verify")
         if self.verify is not None and self.surrogate is None:
             raise ValueError("a verify section needs a surrogate section (the model that ranks what is verified)")
+        if self.generate.prior_scale != 1.0 and self.generate.latent_prior == "mixture":
+            raise ValueError(
+                f"generate.prior_scale={self.generate.prior_scale} widens the fitted or standard Gaussian, not the "
+                "mixture; set generate.prior_spread for the mixture's width, or latent_prior: fitted"
+            )
         if self.generate.prior_focus is not None and not self.generate.target:
             raise ValueError("generate.prior_focus needs generate.target (the property values to focus on)")
         for prop, goal in self.rank.property_goals.items():

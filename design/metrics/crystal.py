@@ -33,6 +33,7 @@ STRUCT_CUTOFF = 0.4
 COMP_CUTOFF = 10.0
 STRUCT_DIM = 61
 COMP_DIM = 132
+SITE_BINS = ((1, 4), (5, 8), (9, 12), (13, 16), (17, 20))  # site-count ranges of COV-R by crystal size
 
 _FEATURIZERS: tuple | None = None
 
@@ -138,9 +139,12 @@ def coverage(
     scaler: Scaler,
     struct_cutoff: float = STRUCT_CUTOFF,
     comp_cutoff: float = COMP_CUTOFF,
+    reference_sites: Sequence[int] | None = None,
 ) -> dict[str, float]:
     """COV-R and COV-P (fractions in [0, 1]), the same for each criterion alone (``*_struct``,
-    ``*_comp``), and mean nearest-neighbour distances (AMSD/AMCD)."""
+    ``*_comp``), and mean nearest-neighbour distances (AMSD/AMCD). With ``reference_sites`` (the
+    reference crystals' site counts), also COV-R within each range of :data:`SITE_BINS`
+    (``cov_recall_sites_<lo>_<hi>``; NaN for an empty range)."""
     g_ok = np.isfinite(generated.struct).all(1) & np.isfinite(generated.comp).all(1)
     r_ok = np.isfinite(reference.struct).all(1) & np.isfinite(reference.comp).all(1)
     if g_ok.sum() == 0 or r_ok.sum() == 0:
@@ -152,7 +156,7 @@ def coverage(
     rs, rc = reference.struct[r_ok], scaler.transform(reference.comp[r_ok])
     recall_s, recall_c = _nearest(rs, gs), _nearest(rc, gc)
     prec_s, prec_c = _nearest(gs, rs), _nearest(gc, rc)
-    return {
+    out = {
         "cov_recall": float(((recall_s <= struct_cutoff) & (recall_c <= comp_cutoff)).mean()),
         "cov_precision": float(((prec_s <= struct_cutoff) & (prec_c <= comp_cutoff)).mean()),
         # each criterion alone: which of the two limits the coverage
@@ -167,6 +171,14 @@ def coverage(
         "cov_generated_used": int(g_ok.sum()),
         "cov_reference_used": int(r_ok.sum()),
     }
+    if reference_sites is not None:
+        # recall by the reference crystals' size: which test crystals the samples miss
+        sites = np.asarray(reference_sites)[r_ok]
+        covered = (recall_s <= struct_cutoff) & (recall_c <= comp_cutoff)
+        for lo, hi in SITE_BINS:
+            inside = (sites >= lo) & (sites <= hi)
+            out[f"cov_recall_sites_{lo}_{hi}"] = float(covered[inside].mean()) if inside.any() else float("nan")
+    return out
 
 
 def density(structures: Sequence[Structure]) -> np.ndarray:

@@ -50,6 +50,12 @@ class GaussianPrior:
         cov = cov + 1e-6 * torch.eye(dim, dtype=cov.dtype, device=cov.device)
         return cls(mean.float(), torch.linalg.cholesky(cov).float())
 
+    def scaled(self, factor: float) -> GaussianPrior:
+        """The same Gaussian with every standard deviation multiplied by ``factor`` (> 0)."""
+        if not factor > 0:
+            raise ValueError(f"prior scale must be > 0, got {factor}")
+        return self if factor == 1.0 else GaussianPrior(self.mean, factor * self.scale_tril)
+
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         eps = torch.randn(n, self.mean.numel(), generator=generator, device=self.mean.device)
         return self.mean + eps @ self.scale_tril.T

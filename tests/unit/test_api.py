@@ -243,3 +243,23 @@ def test_impossible_target_is_named_with_the_reachable_range():
     with pytest.raises(ValueError, match=r"target a=3.6 is far outside the training data \(0 to 2, std 0.5\).*"
                                          r"between -1.5 and 3.5"):
         standardised_target({"a": 3.6}, names, mean, std, low, high)
+
+
+def test_prior_scale_widens_the_fitted_and_standard_gaussians(gen):
+    from design.config import ConfigError
+
+    wide = gen.with_generate(prior_scale=1.5)
+    base, prior = gen.base_prior(), wide.base_prior()
+    assert torch.equal(prior.mean, base.mean) and torch.allclose(prior.scale_tril, 1.5 * base.scale_tril)
+    z0, z1 = (p.sample(4096, torch.Generator().manual_seed(0)) for p in (base, prior))
+    ratio = (z1 - base.mean).norm(dim=1).mean() / (z0 - base.mean).norm(dim=1).mean()
+    assert abs(ratio.item() - 1.5) < 0.01  # same noise, 1.5 x the distance from the centre
+    assert gen.base_prior() is gen.latent_prior  # scale 1 leaves the fitted prior as it is
+    standard = gen.with_generate(latent_prior="standard", prior_scale=2.0).base_prior()
+    assert torch.equal(standard.scale_tril, 2.0 * torch.eye(gen.latent_dim))
+    a, b = wide.sample(8, seed=3, score=False), gen.sample(8, seed=3, score=False)
+    assert not torch.equal(a.tensors.lattice, b.tensors.lattice)  # sample() draws from it
+    with pytest.raises(ConfigError, match="prior_scale"):
+        gen.with_generate(prior_scale=0)
+    with pytest.raises(ConfigError, match="prior_scale=1.2 widens the fitted or standard Gaussian"):
+        gen.with_generate(latent_prior="mixture", prior_scale=1.2)

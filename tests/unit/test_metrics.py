@@ -34,6 +34,16 @@ def test_coverage_by_hand():
     assert m["amcd_precision"] == pytest.approx((0 + 20) / 2)
 
 
+def test_coverage_by_reference_size():
+    # references of 2, 6, 6 and 20 sites; only the first and one 6-site crystal are covered
+    ref = _fps([0.0, 1.0, 2.0, 5.0], [0.0, 0.0, 0.0, 0.0])
+    gen = _fps([0.1, 1.1], [0.0, 0.0])
+    m = cm.coverage(gen, ref, IDENTITY, reference_sites=[2, 6, 6, 20])
+    assert m["cov_recall_sites_1_4"] == 1.0 and m["cov_recall_sites_5_8"] == 0.5
+    assert m["cov_recall_sites_17_20"] == 0.0 and np.isnan(m["cov_recall_sites_9_12"])
+    assert "cov_recall_sites_1_4" not in cm.coverage(gen, ref, IDENTITY)
+
+
 def test_coverage_takes_the_two_nearest_neighbours_separately():
     # the structure-nearest and composition-nearest generated crystals differ: CDVAE counts it covered
     ref = _fps([0.0], [0.0])
