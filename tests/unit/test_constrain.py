@@ -10,6 +10,7 @@ from design.domains.crystal.constrain import (
     charge_balanced_palette,
     drop_overlapping_sites,
     fit_element_volumes,
+    place_unplaced_elements,
     rescale_to_volume,
 )
 from design.domains.crystal.elements import N_SPECIES
@@ -52,6 +53,23 @@ def _logits(prefs: list[dict[int, float]]) -> torch.Tensor:
         for z, v in pref.items():
             lp[0, k, z] = v
     return torch.log_softmax(lp, -1)
+
+
+def test_an_unplaced_palette_element_takes_the_empty_slot_that_rates_it_highest():
+    # palette: Li, Co, O (entry 3 unused); crystal 0 drew no Co site, crystal 1 has all three,
+    # crystal 2 lost Co but has no empty slot, crystal 3's entry 1 repeats Li (not a lost element)
+    palette = torch.tensor([[3, 27, 8, 0], [3, 27, 8, 0], [3, 27, 8, 0], [3, 3, 8, 0]])
+    types = torch.tensor([[1, 3, 3, 0, 0], [1, 2, 3, 3, 0], [1, 3, 3, 3, 3], [1, 3, 3, 0, 0]])
+    prob = torch.full((4, 5, 5), 0.1)
+    prob[:, 3, 2], prob[:, 4, 2] = 0.3, 0.2  # entry 1 (Co) is likelier in slot 3 than in slot 4
+    prob[:, 1, 2] = 0.9  # ... and likeliest in slot 1, which is taken
+    out = place_unplaced_elements(palette, types, prob)
+    assert out[0].tolist() == [1, 3, 3, 2, 0]  # Co now sits in slot 3
+    assert torch.equal(out[1:], types[1:])  # complete, full, or a duplicate entry: left as drawn
+    assert torch.equal(types[0], torch.tensor([1, 3, 3, 0, 0]))  # the input is not modified
+    # two lost elements take two different slots: Co its likeliest (slot 1, empty here), O the next free one
+    two = place_unplaced_elements(torch.tensor([[3, 27, 8, 0]]), torch.tensor([[1, 0, 0, 0, 0]]), prob[:1])
+    assert two[0].tolist() == [1, 2, 3, 0, 0]
 
 
 def test_charge_balanced_palette_picks_the_most_probable_balanced_elements():

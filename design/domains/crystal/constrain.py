@@ -4,6 +4,9 @@ The generator still makes one network call per sample; these rules act on its sa
 before the crystal is built, like a grammar that keeps a sequence model's output well formed.
 They are switched by ``generate.constrained_decoding`` and never used in training. In order:
 
+* :func:`place_unplaced_elements`: a palette element that no slot drew takes the empty slot
+  where the decoder rates it highest (slots draw "empty" one by one, so an element with one or
+  two sites often vanished: ternaries read as binaries).
 * :func:`drop_overlapping_sites`: of two slots (any elements) closer than ``MIN_DISTANCE``
   (periodic images included) in the cell the crystal is about to get, the decoder put two atoms
   where one fits; the one it is less sure of (lower probability of its sampled type) is emptied.
@@ -22,7 +25,7 @@ They are switched by ``generate.constrained_decoding`` and never used in trainin
   of 6%). The generator's own cells are about 18% too large, which alone moves the density
   distribution by ~1 g/cm3.
 
-The overlap rule runs first in the cell scaled for the composition as drawn, and once more in
+The overlap rule runs (after the placement rule) in the cell scaled for the composition as drawn, and once more in
 the final cell (a changed palette changes the volume); a crystal that loses a site there gets
 the palette rule again but keeps its cell, so no new overlap can appear.
 """
@@ -81,6 +84,37 @@ def drop_overlapping_sites(
         slot = order[:, r]
         keep[rows, slot] = occupied[rows, slot] & ~(close[rows, slot] & keep).any(1)
     return keep
+
+
+def place_unplaced_elements(palette: torch.Tensor, types: torch.Tensor, type_prob: torch.Tensor) -> torch.Tensor:
+    """[B, S] slot types in which every element the palette drew occupies at least one slot.
+
+    Slots choose "empty" or an entry one by one, so an element whose few sites all came out empty
+    vanishes from the crystal though the palette chose it (13% of the default generator's prior
+    samples lose one; ternaries then read as binaries). Such an entry takes the empty slot where
+    the decoder gives it the highest probability, at that slot's own predicted position; with no
+    empty slot the crystal is left as drawn.
+
+    Args:
+        palette: [B, K] sampled atomic number per entry (0 = unused entry).
+        types: [B, S] sampled slot types (0 = empty, k + 1 = palette entry k).
+        type_prob: [B, S, K + 1] the slot-type probabilities the types were drawn from.
+    """
+    out = types.clone()
+    n_entries = palette.shape[1]
+    entry = torch.arange(1, n_entries + 1, device=types.device)
+    placed = (types[:, :, None] == entry[None, None]).any(1)  # [B, K]
+    # an entry naming an element that another placed entry already carries is a duplicate, not lost
+    same = palette[:, :, None] == palette[:, None, :]  # [B, K, K]
+    carried = (same & placed[:, None, :]).any(2)
+    missing = (palette > 0) & ~carried
+    for k in missing.any(0).nonzero().flatten().tolist():  # at most K passes over the batch
+        rows = missing[:, k]
+        score = type_prob[:, :, k + 1].masked_fill(out != 0, -1.0)  # empty slots only
+        best, slot = score.max(1)
+        rows = rows & (best >= 0)
+        out[rows, slot[rows]] = k + 1
+    return out
 
 
 def charge_balanced_palette(

@@ -26,6 +26,7 @@ from design.config import ModelConfig
 from design.domains.crystal.constrain import (
     charge_balanced_palette,
     drop_overlapping_sites,
+    place_unplaced_elements,
     rescale_to_volume,
 )
 from design.domains.crystal.elements import N_SPECIES
@@ -304,7 +305,9 @@ class CrystalDecoderHead(nn.Module):
             return charge_balanced_palette(lp, pal, counts)[0].to(typ.device)
 
         log_palette = torch.log_softmax(logits, -1)
-        confidence = torch.gather(torch.softmax(type_logits, -1), 2, typ_idx[..., None]).squeeze(-1)
+        type_prob = torch.softmax(type_logits, -1)
+        typ_idx = place_unplaced_elements(pal_idx, typ_idx, type_prob)
+        confidence = torch.gather(type_prob, 2, typ_idx[..., None]).squeeze(-1)
         keep = drop_overlapping_sites(elements(pal_idx, typ_idx), frac, scaled(pal_idx, typ_idx), confidence)
         typ_idx = typ_idx.masked_fill(~keep, 0)
         pal_idx = balanced(log_palette, pal_idx, typ_idx)
