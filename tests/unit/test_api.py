@@ -115,7 +115,7 @@ def test_scores_do_not_change_samples_and_match_rescoring(gen):
         assert torch.allclose(v, scored.scores[k], atol=1e-5), k
 
 
-def test_constrained_decoding_keeps_geometry_and_never_loses_validity(gen):
+def test_constrained_decoding_changes_elements_only_and_never_loses_validity(gen):
     assert gen.config.generate.constrained_decoding  # on by default
     raw = gen.sample(200, seed=9, score=False, constrained=False)
     con = gen.sample(200, seed=9, score=False)
@@ -124,9 +124,7 @@ def test_constrained_decoding_keeps_geometry_and_never_loses_validity(gen):
     assert torch.equal(raw.tensors.frac, con.tensors.frac)
     ratio = con.tensors.lattice / raw.tensors.lattice
     assert torch.allclose(ratio, ratio[:, :1].expand_as(ratio), rtol=1e-4, equal_nan=True)
-    # the rules empty slots, but for an element the palette drew that no slot did, which takes one
-    added = (con.tensors.z > 0) & (raw.tensors.z == 0)
-    assert (added.sum(1) < gen.model.generator.head.n_palette).all()
+    assert ((con.tensors.z > 0) <= (raw.tensors.z > 0)).all()  # the rules only empty slots
     n_el = lambda t: torch.tensor([len(set(r[r > 0].tolist())) for r in t.z])  # noqa: E731
     assert n_el(con.tensors).float().mean() >= n_el(raw.tensors).float().mean()
     # cells have their composition's fitted volume, but for the few crystals that lost a site in

@@ -55,21 +55,21 @@ def _logits(prefs: list[dict[int, float]]) -> torch.Tensor:
     return torch.log_softmax(lp, -1)
 
 
-def test_an_unplaced_palette_element_takes_the_empty_slot_that_rates_it_highest():
-    # palette: Li, Co, O (entry 3 unused); crystal 0 drew no Co site, crystal 1 has all three,
-    # crystal 2 lost Co but has no empty slot, crystal 3's entry 1 repeats Li (not a lost element)
+def test_an_unplaced_palette_element_takes_over_the_spare_site_that_rates_it_highest():
+    # palette: Li, Co, O (entry 3 unused); crystal 0 drew no Co site; crystal 1 has all three;
+    # crystal 2 lost Co and every other element has a single site; crystal 3's entry 1 repeats Li
     palette = torch.tensor([[3, 27, 8, 0], [3, 27, 8, 0], [3, 27, 8, 0], [3, 3, 8, 0]])
-    types = torch.tensor([[1, 3, 3, 0, 0], [1, 2, 3, 3, 0], [1, 3, 3, 3, 3], [1, 3, 3, 0, 0]])
+    types = torch.tensor([[1, 3, 3, 3, 0], [1, 2, 3, 3, 0], [1, 3, 0, 0, 0], [1, 3, 3, 0, 0]])
     prob = torch.full((4, 5, 5), 0.1)
-    prob[:, 3, 2], prob[:, 4, 2] = 0.3, 0.2  # entry 1 (Co) is likelier in slot 3 than in slot 4
-    prob[:, 1, 2] = 0.9  # ... and likeliest in slot 1, which is taken
+    prob[:, 2, 2], prob[:, 3, 2] = 0.2, 0.3  # Co is likelier in slot 3 than in slot 2 ...
+    prob[:, 0, 2] = prob[:, 4, 2] = 0.9  # ... and likeliest on Li's only site and in the empty slot
     out = place_unplaced_elements(palette, types, prob)
-    assert out[0].tolist() == [1, 3, 3, 2, 0]  # Co now sits in slot 3
-    assert torch.equal(out[1:], types[1:])  # complete, full, or a duplicate entry: left as drawn
-    assert torch.equal(types[0], torch.tensor([1, 3, 3, 0, 0]))  # the input is not modified
-    # two lost elements take two different slots: Co its likeliest (slot 1, empty here), O the next free one
-    two = place_unplaced_elements(torch.tensor([[3, 27, 8, 0]]), torch.tensor([[1, 0, 0, 0, 0]]), prob[:1])
-    assert two[0].tolist() == [1, 2, 3, 0, 0]
+    assert out[0].tolist() == [1, 3, 3, 2, 0]  # Co takes O's slot 3: same sites, O keeps two
+    assert torch.equal(out[1:], types[1:])  # complete, nothing to spare, or a duplicate: as drawn
+    assert torch.equal(types[0], torch.tensor([1, 3, 3, 3, 0]))  # the input is not modified
+    # two lost elements: each takes a site of an entry that still keeps one
+    two = place_unplaced_elements(torch.tensor([[3, 27, 8, 0]]), torch.tensor([[1, 1, 1, 0, 0]]), prob[:1])
+    assert two[0].tolist() == [2, 3, 1, 0, 0]
 
 
 def test_charge_balanced_palette_picks_the_most_probable_balanced_elements():

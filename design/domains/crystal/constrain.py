@@ -4,9 +4,10 @@ The generator still makes one network call per sample; these rules act on its sa
 before the crystal is built, like a grammar that keeps a sequence model's output well formed.
 They are switched by ``generate.constrained_decoding`` and never used in training. In order:
 
-* :func:`place_unplaced_elements`: a palette element that no slot drew takes the empty slot
-  where the decoder rates it highest (slots draw "empty" one by one, so an element with one or
-  two sites often vanished: ternaries read as binaries).
+* :func:`place_unplaced_elements`: a palette element that no slot drew takes over the site
+  (of an element with sites to spare) where the decoder rates it highest; slots draw "empty" or
+  an entry one by one, so an element with one or two sites often vanished and ternaries read as
+  binaries. Sites and geometry are unchanged.
 * :func:`drop_overlapping_sites`: of two slots (any elements) closer than ``MIN_DISTANCE``
   (periodic images included) in the cell the crystal is about to get, the decoder put two atoms
   where one fits; the one it is less sure of (lower probability of its sampled type) is emptied.
@@ -91,9 +92,11 @@ def place_unplaced_elements(palette: torch.Tensor, types: torch.Tensor, type_pro
 
     Slots choose "empty" or an entry one by one, so an element whose few sites all came out empty
     vanishes from the crystal though the palette chose it (13% of the default generator's prior
-    samples lose one; ternaries then read as binaries). Such an entry takes the empty slot where
-    the decoder gives it the highest probability, at that slot's own predicted position; with no
-    empty slot the crystal is left as drawn.
+    samples lose one; ternaries then read as binaries). Such an entry takes over the occupied slot,
+    among those of entries with two or more sites, where the decoder gives it the highest
+    probability: sites, positions and the cell stay as drawn, only that site's element changes
+    (adding a site in an empty slot instead cost COV-R 0.034 on 10,000 samples). A crystal with no
+    such slot is left as drawn.
 
     Args:
         palette: [B, K] sampled atomic number per entry (0 = unused entry).
@@ -106,13 +109,13 @@ def place_unplaced_elements(palette: torch.Tensor, types: torch.Tensor, type_pro
     placed = (types[:, :, None] == entry[None, None]).any(1)  # [B, K]
     # an entry naming an element that another placed entry already carries is a duplicate, not lost
     same = palette[:, :, None] == palette[:, None, :]  # [B, K, K]
-    carried = (same & placed[:, None, :]).any(2)
-    missing = (palette > 0) & ~carried
+    missing = (palette > 0) & ~(same & placed[:, None, :]).any(2)
     for k in missing.any(0).nonzero().flatten().tolist():  # at most K passes over the batch
-        rows = missing[:, k]
-        score = type_prob[:, :, k + 1].masked_fill(out != 0, -1.0)  # empty slots only
+        counts = (out[:, :, None] == entry[None, None]).sum(1)  # [B, K] sites per entry
+        spare = torch.gather(counts, 1, (out - 1).clamp(min=0)) >= 2  # [B, S] its entry keeps a site
+        score = type_prob[:, :, k + 1].masked_fill((out == 0) | ~spare, -1.0)
         best, slot = score.max(1)
-        rows = rows & (best >= 0)
+        rows = missing[:, k] & (best >= 0)
         out[rows, slot[rows]] = k + 1
     return out
 
