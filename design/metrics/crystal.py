@@ -156,8 +156,9 @@ def coverage(
     rs, rc = reference.struct[r_ok], scaler.transform(reference.comp[r_ok])
     recall_s, recall_c = _nearest(rs, gs), _nearest(rc, gc)
     prec_s, prec_c = _nearest(gs, rs), _nearest(gc, rc)
+    covered = (recall_s <= struct_cutoff) & (recall_c <= comp_cutoff)  # [usable reference crystals]
     out = {
-        "cov_recall": float(((recall_s <= struct_cutoff) & (recall_c <= comp_cutoff)).mean()),
+        "cov_recall": float(covered.mean()),
         "cov_precision": float(((prec_s <= struct_cutoff) & (prec_c <= comp_cutoff)).mean()),
         # each criterion alone: which of the two limits the coverage
         "cov_recall_struct": float((recall_s <= struct_cutoff).mean()),
@@ -174,7 +175,6 @@ def coverage(
     if reference_sites is not None:
         # recall by the reference crystals' size: which test crystals the samples miss
         sites = np.asarray(reference_sites)[r_ok]
-        covered = (recall_s <= struct_cutoff) & (recall_c <= comp_cutoff)
         for lo, hi in SITE_BINS:
             inside = (sites >= lo) & (sites <= hi)
             out[f"cov_recall_sites_{lo}_{hi}"] = float(covered[inside].mean()) if inside.any() else float("nan")

@@ -26,9 +26,9 @@ They are switched by ``generate.constrained_decoding`` and never used in trainin
   of 6%). The generator's own cells are about 18% too large, which alone moves the density
   distribution by ~1 g/cm3.
 
-The overlap rule runs (after the placement rule) in the cell scaled for the composition as drawn, and once more in
-the final cell (a changed palette changes the volume); a crystal that loses a site there gets
-the palette rule again but keeps its cell, so no new overlap can appear.
+After the placement rule, the overlap rule runs in the cell scaled for the composition as drawn,
+and once more in the final cell (a changed palette changes the volume); a crystal that loses a
+site there gets the palette rule again but keeps its cell, so no new overlap can appear.
 """
 
 from __future__ import annotations
