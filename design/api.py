@@ -313,7 +313,8 @@ class Generator:
                     raw, tau=1.0, temperature=temperature, generator=gen, constrained=bool(constrained)
                 )
                 tensors = self.domain.batch_to_tensors(batch).to("cpu")
-                parts.append(rules.submit(self.domain.decoding_rules if constrained else _unchanged, tensors))
+                parts.append(rules.submit(self.domain.decoding_rules, tensors, self.config.generate) if constrained
+                             else rules.submit(_unchanged, tensors))
             parts = [p.result() for p in parts]
         tensors = parts[0] if len(parts) == 1 else _concat(parts)
         return GeneratedBatch(tensors, self.score(tensors, bs) if score else {})

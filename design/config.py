@@ -211,6 +211,16 @@ class GenerateConfig(_Section):
         "composition's fitted volume; molecules: open rings of 8 or more atoms that far-reaching SELFIES ring tokens wrote); "
         "false gives the raw samples",
     )
+    relax_steps: int = Field(
+        0, ge=0, description="crystals, with constrained decoding: Adam steps of the soft-sphere relaxation of "
+        "each sample's coordinates and cell shape at fixed volume (design/domains/crystal/relax.py); 0 = off",
+    )
+    relax_scale: float = Field(
+        1.2, gt=0, description="crystals: atoms closer than this times the sum of their covalent radii repel"
+    )
+    relax_lr: float = Field(
+        0.003, gt=0, description="crystals: relaxation step size (fractional units for coordinates, Angstrom for the cell)"
+    )
     latent_prior: Literal["fitted", "standard", "mixture"] = Field(
         "fitted", description="sample z from a Gaussian fitted to the encoded training set, from N(0, I), or from "
         "a mixture of Gaussians around every training sample's encoding, each the fitted prior's shape scaled by "

@@ -33,7 +33,8 @@ def generate_round_task(checkpoint: str, config_data: dict, k: int, out_dir: str
     from design.generation.loop import generate_round
 
     config = config_from_dict(config_data)
-    generator = Generator.from_checkpoint(checkpoint)
+    # the campaign's config decides how to sample (a reused checkpoint may predate a setting)
+    generator = Generator.from_checkpoint(checkpoint).with_generate(**config.generate.model_dump(mode="json"))
     objs = [generator.domain.deserialize(t) for t in feedback or []]
     return str(generate_round(generator, config, k, Path(out_dir), feedback=objs))
 

@@ -12,10 +12,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from design.config import GenerateConfig
 
 
 @dataclass
@@ -134,10 +137,11 @@ class Domain(ABC):
     def detach_species(self, batch: Any) -> Any:
         """The batch with its discrete choices (elements, atom types) cut from the autograd graph."""
 
-    def decoding_rules(self, tensors: Any) -> Any:
+    def decoding_rules(self, tensors: Any, settings: GenerateConfig | None = None) -> Any:
         """Sampled hard tensors after the domain's inference-time rules that act on whole samples
-        (``generate.constrained_decoding``; rules inside the decoder head come with its ``sample``).
-        Identity by default."""
+        (``generate.constrained_decoding``; rules inside the decoder head come with its ``sample``),
+        parametrised by the generator's current ``generate`` section (None: its defaults). Identity by
+        default."""
         return tensors
 
     def detach_cell(self, batch: Any) -> Any:

@@ -265,3 +265,16 @@ def test_prior_scale_widens_the_fitted_and_standard_gaussians(gen):
         gen.with_generate(prior_scale=0)
     with pytest.raises(ConfigError, match="prior_scale=1.2 widens the fitted or standard Gaussian"):
         gen.with_generate(latent_prior="mixture", prior_scale=1.2)
+
+
+def test_relaxation_moves_sites_and_cell_shape_only_and_is_deterministic(gen):
+    assert gen.config.generate.relax_steps == 0  # the tiny config keeps the decoder's geometry
+    plain = gen.sample(100, seed=3, score=False)
+    relaxing = gen.with_generate(relax_steps=20, relax_scale=1.2)
+    relaxed = relaxing.sample(100, seed=3, score=False)
+    assert torch.equal(relaxed.tensors.frac, relaxing.sample(100, seed=3, score=False).tensors.frac)
+    assert torch.equal(plain.tensors.z, relaxed.tensors.z)
+    assert torch.allclose(cell_volume(plain.tensors.lattice), cell_volume(relaxed.tensors.lattice), rtol=1e-4)
+    assert not torch.allclose(plain.tensors.frac, relaxed.tensors.frac)
+    valid = lambda b: sum(c.valid for c in gen.domain.check_many(gen.domain.decode(b.tensors)))  # noqa: E731
+    assert valid(relaxed) >= valid(plain)

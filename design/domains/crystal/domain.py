@@ -10,13 +10,14 @@ from typing import Any
 import torch
 from pymatgen.core import Structure
 
-from design.config import ModelConfig, PenaltyConfig
+from design.config import GenerateConfig, ModelConfig, PenaltyConfig
 from design.domains.base import Candidate, Domain, DomainNetworks, EncodedDataset
 from design.domains.crystal import checks, tensors
 from design.domains.crystal.constrain import fit_element_volumes
 from design.domains.crystal.elements import N_SPECIES, tables
 from design.domains.crystal.nets import CrystalDecoderHead, CrystalDiscBody, CrystalEncoderBody, LatticeScaler
 from design.domains.crystal.penalty import CrystalPenalty
+from design.domains.crystal.relax import relax
 from design.domains.crystal.tensors import CrystalBatch, CrystalTensors, lattice_matrix
 from design.utils import atomic_write_text
 
@@ -79,6 +80,12 @@ class CrystalDomain(Domain):
 
     def batch_to_tensors(self, batch: CrystalBatch) -> CrystalTensors:
         return batch.to_tensors()
+
+    def decoding_rules(self, t: CrystalTensors, settings: GenerateConfig | None = None) -> CrystalTensors:
+        """The soft-sphere relaxation of ``relax.py`` when ``generate.relax_steps`` > 0 (the other
+        rules act inside the decoder head, on its probabilities)."""
+        s = settings or GenerateConfig()
+        return relax(t, s.relax_scale, s.relax_steps, s.relax_lr)
 
     def detach_species(self, batch: CrystalBatch) -> CrystalBatch:
         return CrystalBatch(batch.species.detach(), batch.frac, batch.lattice)

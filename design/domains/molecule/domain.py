@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from rdkit import Chem
 
-from design.config import ModelConfig, MoleculeConfig
+from design.config import GenerateConfig, ModelConfig, MoleculeConfig
 from design.domains.base import Candidate, Domain, DomainNetworks, EncodedDataset
 from design.domains.molecule import chemistry
 from design.domains.molecule.nets import TokenDecoderHead, TokenDiscBody, TokenEncoderBody
@@ -112,7 +112,7 @@ class MoleculeDomain(Domain):
     def batch_to_tensors(self, batch: MoleculeBatch) -> MoleculeTensors:
         return batch.to_tensors(self._vocab())
 
-    def decoding_rules(self, t: MoleculeTensors) -> MoleculeTensors:
+    def decoding_rules(self, t: MoleculeTensors, settings: GenerateConfig | None = None) -> MoleculeTensors:
         """Open rings of 8 or more atoms that far-reaching ring tokens wrote (``decoding.py``)."""
         from design.domains.molecule.decoding import open_large_rings
 
