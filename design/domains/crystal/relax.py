@@ -36,7 +36,7 @@ from design.domains.crystal.tensors import (
 LIST_MARGIN = 0.75
 
 
-def relax_batch(t: CrystalTensors, scale: float, steps: int, lr: float, cell: bool = True) -> CrystalTensors:
+def relax_batch(t: CrystalTensors, scale: float, steps: int, lr: float) -> CrystalTensors:
     """The crystals of ``t`` after the soft-sphere relaxation (see module docstring).
 
     The pairs (site, site, periodic image) within contact distance plus ``LIST_MARGIN`` are
@@ -66,9 +66,9 @@ def relax_batch(t: CrystalTensors, scale: float, steps: int, lr: float, cell: bo
     weight = torch.where(i == j, 0.5, 1.0)  # a site's image k and its image -k are the same pair
     volume0 = cell_volume(lat0)
     frac = frac0.clone().requires_grad_(True)
-    lat = lat0.clone().requires_grad_(cell)
+    lat = lat0.clone().requires_grad_(True)
     # eps far above float32 noise: forces that cancel by symmetry must not become full steps
-    opt = torch.optim.Adam([frac, lat] if cell else [frac], lr=lr, eps=1e-4)
+    opt = torch.optim.Adam([frac, lat], lr=lr, eps=1e-4)
 
     def fixed_volume(lattice: torch.Tensor) -> torch.Tensor:
         return lattice * (volume0 / cell_volume(lattice).clamp(min=1e-6)).pow(1.0 / 3.0)[:, None]
@@ -79,7 +79,7 @@ def relax_batch(t: CrystalTensors, scale: float, steps: int, lr: float, cell: bo
             opt.zero_grad(set_to_none=True)
             flat = frac.view(-1, 3)
             df = flat.index_select(0, site_j) - flat.index_select(0, site_i) + offset  # [P, 3]
-            cl = (fixed_volume(lat) if cell else lat).index_select(0, b)  # [P, 6], lower-triangular rows
+            cl = fixed_volume(lat).index_select(0, b)  # [P, 6], lower-triangular rows
             x = df[:, 0] * cl[:, 0] + df[:, 1] * cl[:, 1] + df[:, 2] * cl[:, 3]
             y = df[:, 1] * cl[:, 2] + df[:, 2] * cl[:, 4]
             zc = df[:, 2] * cl[:, 5]
@@ -89,7 +89,7 @@ def relax_batch(t: CrystalTensors, scale: float, steps: int, lr: float, cell: bo
     with torch.no_grad():
         out_frac = t.frac.clone()
         out_frac[:, :n_max] = torch.where(occ[..., None], torch.remainder(frac, 1.0), frac0).to(t.frac.dtype)
-        new_lat = fixed_volume(lat) if cell else lat0
+        new_lat = fixed_volume(lat)
     return CrystalTensors(t.z, out_frac, new_lat.to(t.lattice.dtype))
 
 
