@@ -58,9 +58,19 @@ class ModelConfig(_Section):
     max_elements: int = Field(4, ge=1, le=20, description="crystals: palette size, most distinct elements per crystal")
     hidden: int = Field(256, ge=8, description="width of the latent/condition trunk (molecules: also the GRU width)")
     site_dim: int = Field(128, ge=8, description="width of per-site (crystal) or per-token embedding (molecule) features")
-    heads: int = Field(4, ge=1, description="crystals: attention heads")
+    heads: int = Field(4, ge=1, description="attention heads (crystals; molecules with the transformer decoder)")
     encoder_layers: int = Field(2, ge=1, description="transformer (crystal) or GRU (molecule) layers of the encoder")
     decoder_layers: int = Field(2, ge=1, description="transformer (crystal) or GRU (molecule) layers of the decoder")
+    decoder: Literal["gru", "transformer"] = Field(
+        "gru",
+        description="molecules: the token decoder, an autoregressive GRU of width hidden or a causal transformer "
+        "of width site_dim",
+    )
+    grammar_features: bool = Field(
+        False,
+        description="molecules: feed the decoder, at every step, the SELFIES derivation of the tokens so far "
+        "(ring size each ring index would close, valence state, open branch budget)",
+    )
     disc_dim: int = Field(64, ge=8, description="width of the discriminator's per-site / per-token features")
     disc_layers: int = Field(3, ge=1, description="graph-network (crystal) or convolution (molecule) layers of D")
     disc_cutoff: float = Field(6.0, gt=0, description="crystals: radial cutoff of the discriminator, Angstrom")
@@ -512,7 +522,7 @@ _LATER_DEFAULTS = {
     "train": {"adv_samples": None, "fm_relative": False, "lr_schedule": "constant", "lr_final": 0.05,
               "realism_critic": False},
     "data": {"property_table": None},
-    "model": {"site_count": False},
+    "model": {"site_count": False, "decoder": "gru", "grammar_features": False},
 }
 
 

@@ -48,7 +48,7 @@ def tiny_molecule_config(**sections):
         "data": {"train": MOLECULES_TRAIN, "reference": MOLECULES_TEST, "properties": ["logp"], "limit": 256},
         "molecule": {"max_tokens": 60},
         "model": {"latent_dim": 8, "hidden": 32, "site_dim": 16, "encoder_layers": 1, "decoder_layers": 1,
-                  "disc_dim": 16, "disc_layers": 1},
+                  "disc_dim": 16, "disc_layers": 1, "grammar_features": True},
         "train": {"epochs": 2, "batch_size": 64, "monitor_samples": 16, "device": "cpu", "gan_loss": "hinge",
                   "d_species_grad": True, "penalty_weight": 1.0},
         "generate": {"rounds": 1, "n_per_round": 16},

@@ -167,15 +167,16 @@ def test_fewer_adversarial_samples_than_the_batch(tmp_path, monkeypatch):
 
 def test_realism_critic_learns_without_steering_the_generator(tmp_path):
     """``train.realism_critic`` with ``adv_weight`` 0: D's realism head trains (d_adv, from
-    adv_start_epoch) and tells real from generated, while the generator's loss has no adversarial term."""
-    cfg = tiny_molecule_config(train={"epochs": 2, "adv_start_epoch": 1, "adv_weight": 0.0, "realism_critic": True,
+    adv_start_epoch) and, after two critic epochs, tells real from generated, while the generator's loss has no
+    adversarial term."""
+    cfg = tiny_molecule_config(train={"epochs": 3, "adv_start_epoch": 1, "adv_weight": 0.0, "realism_critic": True,
                                       "fm_weight": 0.0, "cond_weight": 0.0})
     domain = build_domain(cfg)
     ds = domain.load_dataset(cfg.data.train, list(cfg.data.properties), cfg.data.limit)
     hist = Trainer(cfg, domain, ds, tmp_path).run().history
     assert "d_adv" not in hist[0] and "d_adv" in hist[1]
     assert all("g_adv" not in row for row in hist)
-    assert hist[1]["mon_realism_gap"] > 0  # the critic rates real molecules above generated ones
+    assert hist[2]["mon_realism_gap"] > 0  # the critic rates real molecules above generated ones
     assert cfg.generator_part()["train"]["realism_critic"] is True
     assert "realism_critic" not in tiny_molecule_config().generator_part()["train"]
 

@@ -12,7 +12,13 @@ from rdkit import Chem
 from design.config import GenerateConfig, ModelConfig, MoleculeConfig
 from design.domains.base import Candidate, Domain, DomainNetworks, EncodedDataset
 from design.domains.molecule import chemistry
-from design.domains.molecule.nets import TokenDecoderHead, TokenDiscBody, TokenEncoderBody
+from design.domains.molecule.grammar import SelfiesGrammar
+from design.domains.molecule.nets import (
+    TokenDecoderHead,
+    TokenDiscBody,
+    TokenEncoderBody,
+    TokenTransformerHead,
+)
 from design.domains.molecule.penalty import MoleculePenalty, token_tables
 from design.domains.molecule.tokens import (
     EncodeError,
@@ -153,10 +159,11 @@ class MoleculeDomain(Domain):
             raise ValueError(f"the model was trained with max_tokens={state['max_tokens']}, the config says "
                              f"molecule.max_tokens={self.settings.max_tokens}; use the trained value")
         v, n_pos = len(self.vocab), self.settings.max_tokens + 1
+        head = _HEADS[model_cfg.decoder](model_cfg, v, self.settings.max_tokens,
+                                         token_tables(self.vocab)["is_atom"].bool(), SelfiesGrammar(self.vocab))
         return DomainNetworks(
             encoder_body=TokenEncoderBody(model_cfg, v, n_pos),
-            decoder_head=TokenDecoderHead(model_cfg, v, self.settings.max_tokens,
-                                          token_tables(self.vocab)["is_atom"].bool()),
+            decoder_head=head,
             disc_body=TokenDiscBody(model_cfg, v, n_pos, model_cfg.hidden),
             feature_dim=model_cfg.hidden,
         )
@@ -215,6 +222,9 @@ class MoleculeDomain(Domain):
         path.parent.mkdir(parents=True, exist_ok=True)
         img.save(str(path))
         return path
+
+
+_HEADS = {"gru": TokenDecoderHead, "transformer": TokenTransformerHead}
 
 
 def _sd_props(mol: Chem.Mol) -> str:

@@ -8,7 +8,12 @@ Shapes: B = batch, T = L + 1 token positions, V = vocabulary size, E = ``model.s
   (the trunk vector feeds every step). ``reconstruction_loss`` is the teacher-forced negative
   log-likelihood; ``sample`` decodes free-running with straight-through Gumbel-softmax tokens
   (one-hot forward, soft gradients backward, each step fed the soft token's embedding), so
-  discriminator and penalty gradients reach the generator through every choice.
+  discriminator and penalty gradients reach the generator through every choice. With
+  ``model.grammar_features`` every step also reads the SELFIES derivation of the tokens so far
+  (``grammar.Derivation.features``, N_FEATURES inputs).
+* :class:`TokenTransformerHead` (``model.decoder: transformer``): the same interface with a causal
+  transformer of width E. Both share :class:`_TokenHead` (likelihood, soft reconstruction, the
+  samplers and constrained decoding), written over four per-step hooks.
 * :class:`TokenDiscBody`: soft tokens [B, T, V] -> dilated 1-D convolutions written as linear
   maps over windows (so spectral normalisation covers them) -> pooled [B, F].
 """
@@ -20,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from design.config import ModelConfig
+from design.domains.molecule.grammar import N_FEATURES, Derivation, SelfiesGrammar
 from design.domains.molecule.tokens import MoleculeBatch, MoleculeTensors
 from design.models.discrete import gumbel, gumbel_index, straight_through
 
@@ -55,11 +61,24 @@ def _pool(x: torch.Tensor, mask: torch.Tensor, n_positions: int) -> torch.Tensor
     return torch.cat([mean, peak, n / n_positions], dim=1)
 
 
-class TokenDecoderHead(nn.Module):
-    """[B, hidden] -> ``{"h": [B, hidden]}``; ``sample`` and ``reconstruction_loss`` run the GRU."""
+class _TokenHead(nn.Module):
+    """What the GRU and transformer decoders share: the likelihood terms, the soft reconstruction,
+    and the free-running samplers written once over four hooks of the subclass: ``_begin(h, feats)``
+    -> a decoding state, ``_step_logits(state)`` -> next-token logits [B, V], ``_feed(state, tokens,
+    feats)`` (soft [B, V] with autograd, else indices [B]; ``feats`` the derivation features of that
+    input, or None) and ``_keep(state, rows)`` (drop finished rows)."""
 
-    def __init__(self, cfg: ModelConfig, vocab_size: int, max_tokens: int, first_allowed: torch.Tensor | None = None):
+    compact_below = 1.0  # drop finished rows once the alive fraction falls below this (1.0: at once)
+
+    def __init__(self, vocab_size: int, max_tokens: int, first_allowed: torch.Tensor | None = None,
+                 grammar: SelfiesGrammar | None = None, grammar_features: bool = False):
         super().__init__()
+        if grammar_features and grammar is None:
+            raise ValueError("model.grammar_features needs the vocabulary's SELFIES grammar")
+        # the SELFIES derivation of the tokens so far: its features feed the decoder at every step
+        # (``grammar_features``) and, in constrained sampling, it forbids macrocycle ring indices
+        self.grammar = grammar
+        self.grammar_features = grammar_features
         self.vocab_size = vocab_size
         self.max_tokens = max_tokens
         # tokens a molecule may start with (atoms: a leading branch, ring or end token would be
@@ -68,28 +87,13 @@ class TokenDecoderHead(nn.Module):
         allowed = allowed.clone()
         allowed[0] = False
         self.register_buffer("first_allowed", allowed, persistent=False)
-        self.layers = cfg.decoder_layers
-        h = cfg.hidden
-        self.embed = nn.Parameter(torch.randn(vocab_size, cfg.site_dim) * 0.1)  # soft tokens @ embed
-        self.start = nn.Parameter(torch.zeros(cfg.site_dim))
-        self.init = nn.Linear(h, self.layers * h)
-        self.gru = nn.GRU(cfg.site_dim + h, h, self.layers, batch_first=True)
-        self.out = nn.Linear(h, vocab_size)
 
     def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"h": h}
 
-    def _h0(self, h: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.init(h)).view(h.shape[0], self.layers, -1).transpose(0, 1).contiguous()
-
     def logits(self, raw: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
         """Teacher-forced next-token logits [B, T', V] for the first T' positions of ``tokens`` [B, T']."""
-        h = raw["h"]
-        bsz, steps = tokens.shape
-        prev = torch.cat([self.start.expand(bsz, 1, -1), self.embed[tokens[:, :-1]]], dim=1)
-        inp = torch.cat([prev, h[:, None].expand(bsz, steps, -1)], dim=2)
-        out, _ = self.gru(inp, self._h0(h))
-        return self.out(out)
+        raise NotImplementedError
 
     def reconstruction_loss(self, raw: dict[str, torch.Tensor], t: MoleculeTensors) -> dict[str, torch.Tensor]:
         """``tokens``: negative log-likelihood of each molecule's tokens and its end token,
@@ -104,7 +108,7 @@ class TokenDecoderHead(nn.Module):
         same teacher-forced logits (straight-through Gumbel per position, one network pass)."""
         steps = int(t.lengths().max()) + 1  # through the first end token
         tokens = t.tokens[:, :steps]
-        logits = self.logits(raw, tokens)
+        logits = self.logits(raw, tokens).float()
         inside = torch.ones_like(tokens, dtype=torch.bool)
         inside[:, 1:] = tokens[:, :-1] != 0  # positions up to and including the end token
         nll = F.cross_entropy(logits.reshape(-1, self.vocab_size), tokens.reshape(-1), reduction="none")
@@ -139,56 +143,153 @@ class TokenDecoderHead(nn.Module):
     ) -> MoleculeBatch:
         """Free-running decoding of up to ``max_tokens`` tokens: [B, max_tokens + 1, V] soft batch.
 
-        The first token is an atom (never the end token, so no molecule is empty). ``constrained``
-        is accepted for the generator API and changes nothing here: SELFIES needs no decoding rules
-        to be valence-valid (the domain's rule on whole sequences, opening macrocycles, runs after:
-        ``MoleculeDomain.decoding_rules``). Without autograd (sampling, monitors) finished molecules leave the batch
-        (:meth:`_sample_hard`), so the cost follows the mean length rather than the longest.
+        The first token is an atom (never the end token, so no molecule is empty). SELFIES needs no
+        rule to be valence-valid; with ``constrained`` the sampler without autograd never draws a
+        one-index ring token's size index that closes a macrocycle (``Derivation.forbidden``; the
+        domain's rule on whole sequences runs after: ``MoleculeDomain.decoding_rules``). Without
+        autograd (sampling, monitors) finished molecules leave the batch (:meth:`_sample_hard`), so
+        the cost follows the mean length rather than the longest.
         """
         h = raw["h"]
         if not torch.is_grad_enabled():
-            return self._sample_hard(h, temperature, generator)
-        hx = list(self._h0(h))
-        gates = self._input_gates(h)
-        gi = gates["start"].expand(h.shape[0], -1) + gates["trunk"]
+            return self._sample_hard(h, temperature, generator, constrained)
+        derivation = self._derivation(h, False)
+        state = self._begin(h, self._features(derivation))
         done = torch.zeros(h.shape[0], dtype=torch.bool, device=h.device)
         steps = []
         for step in range(self.max_tokens):
-            out = self._cell(gi, hx)
-            soft, idx = gumbel(self._first_logits(self.out(out) / temperature, step), tau, generator)
+            logits = self._step_logits(state).float()
+            soft, idx = gumbel(self._first_logits(logits / temperature, step), tau, generator)
             st = straight_through(soft, idx)
             steps.append(st)
             done = done | (idx == 0)
             if bool(done.all()):
                 break
-            gi = st @ gates["token"] + gates["trunk"]
+            if derivation is not None:
+                derivation.step(idx)
+            self._feed(state, st, self._features(derivation))
         return self._finish(torch.stack(steps, dim=1), self.max_tokens + 1)
+
+    def _derivation(self, h: torch.Tensor, constrained: bool) -> Derivation | None:
+        """A derivation of the rows to be sampled, when the features or the constraint need one."""
+        if self.grammar is None or not (self.grammar_features or constrained):
+            return None
+        return self.grammar.start(h.shape[0], self.max_tokens + 1, h.device)
+
+    def _features(self, derivation: Derivation | None) -> torch.Tensor | None:
+        return derivation.features() if (self.grammar_features and derivation is not None) else None
+
+    def _teacher_features(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        """[B, T, N_FEATURES] derivation features before each teacher-forcing position, or None."""
+        if not self.grammar_features:
+            return None
+        with torch.no_grad():
+            return self.grammar.run(tokens)
 
     def _first_logits(self, logits: torch.Tensor, step: int) -> torch.Tensor:
         return logits.masked_fill(~self.first_allowed, float("-inf")) if step == 0 else logits
 
-    def _sample_hard(self, h: torch.Tensor, temperature: float, generator: torch.Generator | None) -> MoleculeBatch:
-        """The same sampler without gradients: one-hot tokens, only unfinished rows computed."""
+    def _sample_hard(self, h: torch.Tensor, temperature: float, generator: torch.Generator | None,
+                     constrained: bool = False) -> MoleculeBatch:
+        """The same sampler without gradients: one-hot tokens; finished rows stop being computed
+        once fewer than ``compact_below`` of the batch's rows are alive."""
         bsz = h.shape[0]
         tokens = torch.zeros(bsz, self.max_tokens + 1, dtype=torch.long, device=h.device)
         rows = torch.arange(bsz, device=h.device)
-        hx = list(self._h0(h))
-        gates = self._input_gates(h)
-        trunk = gates["trunk"]
-        gi = gates["start"] + trunk
+        alive = torch.ones(bsz, dtype=torch.bool, device=h.device)
+        derivation = self._derivation(h, constrained)
+        state = self._begin(h, self._features(derivation))
         for step in range(self.max_tokens):
-            out = self._cell(gi, hx)
+            logits = self._step_logits(state).float()
+            forbidden = derivation.forbidden() if (constrained and derivation is not None) else None
+            if forbidden is not None:
+                logits = logits.masked_fill(forbidden, float("-inf"))
             # the argmax of Gumbel-perturbed logits is the sample
-            idx = gumbel_index(self._first_logits(self.out(out) / temperature, step), generator)
+            idx = gumbel_index(self._first_logits(logits / temperature, step), generator).masked_fill(~alive, 0)
             tokens[rows, step] = idx
-            going = (idx != 0).nonzero().squeeze(1)
-            if len(going) == 0:
+            alive = alive & (idx != 0)
+            n_alive = int(alive.sum())
+            if n_alive == 0:
                 break
-            if len(going) < len(rows):
-                rows, trunk, idx = rows[going], trunk[going], idx[going]
-                hx = [x[going] for x in hx]
-            gi = gates["token"][idx] + trunk
+            if derivation is not None:
+                derivation.step(idx)
+            if n_alive < self.compact_below * len(rows):
+                going = alive.nonzero().squeeze(1)
+                rows, idx, alive = rows[going], idx[going], alive[going]
+                self._keep(state, going)
+                if derivation is not None:
+                    derivation.keep(going)
+            self._feed(state, idx, self._features(derivation))
         return MoleculeBatch(F.one_hot(tokens, self.vocab_size).to(h.dtype))
+
+    # hooks (``feats``: [B, N_FEATURES] derivation features of the next input, or None)
+    def _begin(self, h: torch.Tensor, feats: torch.Tensor | None) -> dict:
+        raise NotImplementedError
+
+    def _step_logits(self, state: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _feed(self, state: dict, tokens: torch.Tensor, feats: torch.Tensor | None) -> None:
+        raise NotImplementedError
+
+    def _keep(self, state: dict, rows: torch.Tensor) -> None:
+        raise NotImplementedError
+
+
+class TokenDecoderHead(_TokenHead):
+    """[B, hidden] -> ``{"h": [B, hidden]}``; an autoregressive GRU fed the trunk vector at every step."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int, max_tokens: int, first_allowed: torch.Tensor | None = None,
+                 grammar: SelfiesGrammar | None = None):
+        super().__init__(vocab_size, max_tokens, first_allowed, grammar, cfg.grammar_features)
+        self.layers = cfg.decoder_layers
+        h = cfg.hidden
+        self.embed = nn.Parameter(torch.randn(vocab_size, cfg.site_dim) * 0.1)  # soft tokens @ embed
+        self.start = nn.Parameter(torch.zeros(cfg.site_dim))
+        self.init = nn.Linear(h, self.layers * h)
+        # input: token embedding, trunk vector, derivation features (with grammar_features)
+        self.gru = nn.GRU(cfg.site_dim + h + (N_FEATURES if self.grammar_features else 0), h, self.layers,
+                          batch_first=True)
+        self.out = nn.Linear(h, vocab_size)
+
+    def _h0(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.init(h)).view(h.shape[0], self.layers, -1).transpose(0, 1).contiguous()
+
+    def logits(self, raw: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
+        h = raw["h"]
+        bsz, steps = tokens.shape
+        prev = torch.cat([self.start.expand(bsz, 1, -1), self.embed[tokens[:, :-1]]], dim=1)
+        parts = [prev, h[:, None].expand(bsz, steps, -1)]
+        feats = self._teacher_features(tokens)
+        if feats is not None:
+            parts.append(feats)
+        out, _ = self.gru(torch.cat(parts, dim=2), self._h0(h))
+        return self.out(out)
+
+    def _begin(self, h: torch.Tensor, feats: torch.Tensor | None) -> dict:
+        gates = self._input_gates(h)
+        state = {"hx": list(self._h0(h)), "token": gates["token"], "trunk": gates["trunk"],
+                 "gi": gates["start"] + gates["trunk"]}
+        if feats is not None:
+            state["gi"] = state["gi"] + self._feature_gates(feats)
+        return state
+
+    def _step_logits(self, state: dict) -> torch.Tensor:
+        return self.out(self._cell(state["gi"], state["hx"]))
+
+    def _feed(self, state: dict, tokens: torch.Tensor, feats: torch.Tensor | None) -> None:
+        rows = tokens @ state["token"] if tokens.is_floating_point() else state["token"][tokens]
+        state["gi"] = rows + state["trunk"]
+        if feats is not None:
+            state["gi"] = state["gi"] + self._feature_gates(feats)
+
+    def _feature_gates(self, feats: torch.Tensor) -> torch.Tensor:
+        """The first layer's input gates of the derivation features [B, N_FEATURES] -> [B, 3H]."""
+        return feats @ self.gru.weight_ih_l0[:, -N_FEATURES:].T
+
+    def _keep(self, state: dict, rows: torch.Tensor) -> None:
+        state["trunk"] = state["trunk"][rows]
+        state["hx"] = [x[rows] for x in state["hx"]]
 
     def _input_gates(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
         """The first GRU layer's input-gate pre-activations split by source: the input is the
@@ -198,10 +299,11 @@ class TokenDecoderHead(nn.Module):
         [B, E + H] by [E + H, 3H]."""
         w = self.gru.weight_ih_l0
         e = self.embed.shape[1]
+        trunk = w[:, e : e + h.shape[1]]
         return {
             "token": self.embed @ w[:, :e].T,
             "start": self.start @ w[:, :e].T,
-            "trunk": F.linear(h, w[:, e:], self.gru.bias_ih_l0),
+            "trunk": F.linear(h, trunk, self.gru.bias_ih_l0),
         }
 
     def _cell(self, gi: torch.Tensor, hx: list[torch.Tensor]) -> torch.Tensor:
@@ -217,6 +319,91 @@ class TokenDecoderHead(nn.Module):
             n = torch.tanh(gi[:, 2 * width :] + r * gh[:, 2 * width :])
             hx[layer] = torch.lerp(n, hx[layer], z)  # (1 - z) n + z h
         return hx[-1]
+
+
+class TokenTransformerHead(_TokenHead):
+    """[B, hidden] -> ``{"h": [B, hidden]}``; a causal transformer over SELFIES tokens (width
+    ``site_dim``, ``decoder_layers`` pre-norm blocks of ``heads`` attention heads, learnt absolute
+    positions), the trunk vector projected and added at every position. Attention sees every earlier
+    token, so the counts SELFIES asks for (a ring token's index counts atoms back, a branch token's
+    counts the tokens of its branch) need not be carried in a recurrent state. Sampling keeps each
+    block's keys and values, so a step costs one position."""
+
+    compact_below = 0.75  # dropping rows copies the key/value caches: only when a quarter finished
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int, max_tokens: int, first_allowed: torch.Tensor | None = None,
+                 grammar: SelfiesGrammar | None = None):
+        super().__init__(vocab_size, max_tokens, first_allowed, grammar, cfg.grammar_features)
+        d = cfg.site_dim
+        self.embed = nn.Parameter(torch.randn(vocab_size, d) * 0.1)  # soft tokens @ embed
+        self.start = nn.Parameter(torch.zeros(d))
+        self.position = nn.Parameter(torch.randn(max_tokens + 1, d) * 0.02)
+        self.cond = nn.Linear(cfg.hidden, d)
+        self.feature_in = nn.Linear(N_FEATURES, d, bias=False) if self.grammar_features else None
+        self.blocks = nn.ModuleList(_CausalBlock(d, cfg.heads) for _ in range(cfg.decoder_layers))
+        self.norm = nn.LayerNorm(d)
+        self.out = nn.Linear(d, vocab_size)
+
+    def logits(self, raw: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
+        h = raw["h"]
+        bsz, steps = tokens.shape
+        prev = torch.cat([self.start.expand(bsz, 1, -1), self.embed[tokens[:, :-1]]], dim=1)
+        x = prev + self.position[None, :steps] + self.cond(h)[:, None]
+        feats = self._teacher_features(tokens)
+        if feats is not None:
+            x = x + self.feature_in(feats)
+        for block in self.blocks:
+            x = block(x)
+        return self.out(self.norm(x))
+
+    def _begin(self, h: torch.Tensor, feats: torch.Tensor | None) -> dict:
+        cond = self.cond(h)
+        x = self.start + self.position[0] + cond
+        return {"cond": cond, "x": x if feats is None else x + self.feature_in(feats), "t": 0,
+                "cache": [None] * len(self.blocks)}
+
+    def _step_logits(self, state: dict) -> torch.Tensor:
+        x = state["x"][:, None]
+        for i, block in enumerate(self.blocks):
+            x, state["cache"][i] = block(x, state["cache"][i])
+        state["t"] += 1
+        return self.out(self.norm(x[:, 0]))
+
+    def _feed(self, state: dict, tokens: torch.Tensor, feats: torch.Tensor | None) -> None:
+        emb = tokens @ self.embed if tokens.is_floating_point() else self.embed[tokens]
+        state["x"] = emb + self.position[state["t"]] + state["cond"]
+        if feats is not None:
+            state["x"] = state["x"] + self.feature_in(feats)
+
+    def _keep(self, state: dict, rows: torch.Tensor) -> None:
+        state["cond"] = state["cond"][rows]
+        state["cache"] = [(k[rows], v[rows]) for k, v in state["cache"]]
+
+
+class _CausalBlock(nn.Module):
+    """Pre-norm transformer block with causal self-attention; with a ``cache`` (keys, values of
+    the earlier positions, or None at the first step) it runs one new position and returns the
+    grown cache too."""
+
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.n1 = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.n2 = nn.LayerNorm(d)
+        self.ff = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+
+    def forward(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None | bool = False):
+        bsz, steps, d = x.shape
+        q, k, v = self.qkv(self.n1(x)).view(bsz, steps, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        incremental = cache is not False
+        if incremental and cache is not None:
+            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=not incremental)
+        x = x + self.proj(a.transpose(1, 2).reshape(bsz, steps, d))
+        x = x + self.ff(self.n2(x))
+        return (x, (k, v)) if incremental else x
 
 
 class _WindowConv(nn.Module):

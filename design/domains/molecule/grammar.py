@@ -1,0 +1,291 @@
+"""The SELFIES derivation of token rows, followed one token at a time for a whole batch.
+
+SELFIES asks a decoder to count. A ring token (``[Ring1]``, ``[=Ring1]``, ...) is followed by a
+size index Q (``[C]`` 0, ``[Ring1]`` 1, ``[Ring2]`` 2, ``[Branch1]`` 3, ... ``[=C]`` 15; any other
+token 0; two or three index tokens are base-16 digits) and bonds the current atom to the atom
+written Q + 1 atoms before it, counting atoms in string order, branches included; a branch token's
+index says how many symbols (Q + 1) its branch has. So the size of the ring a token closes is only
+known from the molecular graph, and a decoder that miscounts writes a macrocycle (8 or more atoms,
+which the MOSES filters reject) or leaves a ring open.
+
+:class:`Derivation` tracks, for B rows at once and in tensors, what the SELFIES decoder (the
+``selfies`` package) derives from the tokens seen so far: the derivation state (the current atom's
+free valence), the current atom, the graph distances between the atoms written, the open branches
+(their remaining symbol budgets) and whether the next token is read as a size index. Its rules:
+an atom token bonds to the current atom with the order asked, capped by both atoms' free valence,
+and becomes the current atom (an atom left with no valence ends its chain: the rest of its branch,
+or of the molecule, is read and ignored); a branch token at a state of 2 or more reads its index
+and derives the next Q + 1 symbols as a branch of the current atom, after which derivation resumes
+from that atom (below 2 it is skipped and its would-be index is read as a symbol); a ring token at
+a state above 0 reads its index and closes the ring (at 0 it is skipped). Distances are shortest
+paths over the bonds written so far, ring closures included (also a closure the decoder will later
+drop for want of valence).
+
+It serves two things:
+
+* :meth:`Derivation.features`: per row, what a decoder needs to count right (which ring size each
+  index value 0-11 would close now, the state, whether an index is being read, the innermost
+  branch's remaining budget, the branch depth), fed to the decoder at every step
+  (``model.grammar_features``).
+* :meth:`Derivation.forbidden`: at a one-index ring token's index, the values that would close a
+  ring of ``MAX_RING_SIZE`` or more atoms (constrained decoding masks them; the post-hoc rule of
+  ``decoding.py`` still opens any large ring that is left, e.g. from two-index ring tokens).
+"""
+
+from __future__ import annotations
+
+import re
+
+import selfies as sf
+import torch
+
+from design.domains.molecule.chemistry import MAX_RING_SIZE
+from design.domains.molecule.penalty import token_tables
+
+_SIZED = re.compile(r"^\[([=#]?)(?:[-/\\]{0,2})(Ring|Branch)([123])\]$")
+_ORDER = {"": 1, "=": 2, "#": 3}
+_BASE = 16  # size-index digits
+_FAR = 99  # distance between atoms not connected
+ATOM, BRANCH, RING, OTHER = 1, 2, 3, 4
+RING_QS = 12  # index values whose ring size the features report
+_SIZE_BINS = 8  # none, 2 (already bonded), 3, 4, 5, 6, 7, >= 8
+N_FEATURES = RING_QS * _SIZE_BINS + 5 + 2 + 9 + 4
+
+
+class SelfiesGrammar:
+    """Per-token tables of a vocabulary ([V] long tensors): ``kind`` (0 end, ATOM, BRANCH, RING,
+    OTHER), ``order`` (bond order asked), ``cap`` (an atom's bonding capacity), ``n_index`` (size-index
+    tokens after a branch or ring token) and ``q`` (value as a size-index digit)."""
+
+    def __init__(self, vocab: tuple[str, ...]):
+        tab = token_tables(vocab)
+        n = len(vocab)
+        kind, order, n_index = [OTHER] * n, [0] * n, [0] * n
+        kind[0] = 0
+        for i, tok in enumerate(vocab[1:], start=1):
+            m = _SIZED.match(tok)
+            if m is not None:
+                kind[i] = BRANCH if m.group(2) == "Branch" else RING
+                order[i] = _ORDER[m.group(1)]
+                n_index[i] = int(m.group(3))
+            elif tab["is_atom"][i]:
+                kind[i] = ATOM
+                order[i] = int(tab["order"][i])
+        code = sf.grammar_rules.INDEX_CODE
+        self.vocab = vocab
+        self.kind = torch.tensor(kind)
+        self.order = torch.tensor(order)
+        self.cap = tab["valence"].long()
+        self.n_index = torch.tensor(n_index)
+        self.q = torch.tensor([code.get(tok, 0) for tok in vocab])
+
+    def start(self, rows: int, max_atoms: int, device: torch.device | str = "cpu") -> Derivation:
+        return Derivation(self, rows, max_atoms, device)
+
+    def run(self, tokens: torch.Tensor) -> torch.Tensor:
+        """[B, T, N_FEATURES] features before each position of hard token rows [B, T] (teacher
+        forcing: position t sees the derivation of tokens 0 .. t - 1)."""
+        d = self.start(tokens.shape[0], tokens.shape[1], tokens.device)
+        out = []
+        for t in range(tokens.shape[1]):
+            out.append(d.features())
+            if t + 1 < tokens.shape[1]:
+                d.step(tokens[:, t])
+        return torch.stack(out, dim=1)
+
+
+class Derivation:
+    """The derivation state of B token rows (see module docstring); :meth:`step` reads one token
+    per row, :meth:`keep` drops rows."""
+
+    def __init__(self, grammar: SelfiesGrammar, rows: int, max_atoms: int, device: torch.device | str):
+        long = {"dtype": torch.long, "device": device}
+        self.tables = {k: getattr(grammar, k).to(device) for k in ("kind", "order", "cap", "n_index", "q")}
+        self.n = torch.zeros(rows, **long)  # atoms written
+        self.cur = torch.zeros(rows, **long)  # current atom (valid once n > 0)
+        self.state = torch.zeros(rows, **long)  # free valence of the current atom; 0 before the first atom
+        self.ended = torch.zeros(rows, dtype=torch.bool, device=device)  # this frame's chain has ended
+        self.finished = torch.zeros(rows, dtype=torch.bool, device=device)  # the end token was read
+        self.dist = torch.full((rows, max_atoms, max_atoms), _FAR, dtype=torch.int16, device=device)
+        # a branch takes a branch token and an index before the next can open inside it, so a row of
+        # at most max_atoms tokens nests at most max_atoms // 2 branches
+        self.max_depth = max_atoms // 2 + 1
+        self.depth = torch.zeros(rows, **long)  # open branches
+        self.left = torch.zeros(rows, self.max_depth, **long)  # symbols each open branch still derives
+        self.saved_cur = torch.zeros(rows, self.max_depth, **long)  # the parent's current atom, state, ended
+        self.saved_state = torch.zeros(rows, self.max_depth, **long)
+        self.saved_ended = torch.zeros(rows, self.max_depth, dtype=torch.bool, device=device)
+        self.pend_left = torch.zeros(rows, **long)  # size-index tokens still to read
+        self.pend_kind = torch.zeros(rows, **long)
+        self.pend_n = torch.zeros(rows, **long)  # size-index tokens the pending token reads in all
+        self.pend_order = torch.zeros(rows, **long)
+        self.pend_q = torch.zeros(rows, **long)
+        self.active = torch.arange(rows, device=device)  # the caller's rows among the rows kept here
+
+    # ------------------------------------------------------------------ reading
+    def step(self, tok: torch.Tensor) -> None:
+        """Read token ``tok`` [B] (hard indices) in every row."""
+        if len(self.active) < len(self.n):  # rows dropped but still kept here: they read end tokens
+            tok = torch.zeros_like(self.n).index_copy_(0, self.active, tok)
+        tab = self.tables
+        kind, order, cap = tab["kind"][tok], tab["order"][tok], tab["cap"][tok]
+        live = ~self.finished & (tok != 0)
+        cut = ~self.finished & (tok == 0) & (self.pend_left > 0)
+        while bool(cut.any()):  # the string ends inside a size index: missing digits read as 0
+            self._read_index(cut, torch.zeros_like(tok))
+            cut = cut & (self.pend_left > 0)
+        self.finished |= tok == 0
+        # every open branch counts the symbol
+        open_ = torch.arange(self.max_depth, device=tok.device)[None] < self.depth[:, None]
+        self.left -= (open_ & live[:, None]).long()
+
+        reading = live & (self.pend_left > 0)
+        if bool(reading.any()):
+            self._read_index(reading, tab["q"][tok])
+        free = live & ~reading & ~self.ended
+        self._atom(free & (kind == ATOM), order, cap)
+        for k, need in ((BRANCH, 1), (RING, 0)):  # a branch needs a state of 2+, a ring of 1+
+            starts = free & (kind == k) & (self.state > need)
+            if bool(starts.any()):
+                self.pend_left = torch.where(starts, tab["n_index"][tok], self.pend_left)
+                self.pend_n = torch.where(starts, tab["n_index"][tok], self.pend_n)
+                self.pend_kind = torch.where(starts, torch.full_like(tok, k), self.pend_kind)
+                self.pend_order = torch.where(starts, order, self.pend_order)
+                self.pend_q = torch.where(starts, torch.zeros_like(tok), self.pend_q)
+        self._pop()
+
+    def _read_index(self, reading: torch.Tensor, q: torch.Tensor) -> None:
+        self.pend_q = torch.where(reading, self.pend_q * _BASE + q, self.pend_q)
+        self.pend_left = self.pend_left - reading.long()
+        done = reading & (self.pend_left == 0)
+        branch = done & (self.pend_kind == BRANCH)
+        ring = done & (self.pend_kind == RING)
+        if bool(branch.any()):
+            rows = branch.nonzero().squeeze(1)
+            init = torch.minimum(self.state[rows] - 1, self.pend_order[rows])
+            slot = self.depth[rows]
+            if bool((slot >= self.max_depth).any()):
+                raise ValueError(f"SELFIES branches nested deeper than {self.max_depth}: a row longer than the "
+                                 "max_atoms this derivation was started with")
+            self.left[rows, slot] = self.pend_q[rows] + 1
+            self.saved_cur[rows, slot] = self.cur[rows]
+            self.saved_state[rows, slot] = self.state[rows] - init
+            self.saved_ended[rows, slot] = False
+            self.depth[rows] += 1
+            self.state[rows] = init
+        if bool(ring.any()):
+            rows = ring.nonzero().squeeze(1)
+            cur = self.cur[rows]
+            partner = (cur - (self.pend_q[rows] + 1)).clamp(min=0)
+            closes = partner != cur
+            self._bond(rows[closes], cur[closes], partner[closes])
+            left = self.state[rows] - torch.minimum(self.pend_order[rows], self.state[rows])
+            self.state[rows] = left
+            self.ended[rows] = left == 0
+        self.pend_kind = torch.where(done, torch.zeros_like(self.pend_kind), self.pend_kind)
+
+    def _atom(self, atoms: torch.Tensor, order: torch.Tensor, cap: torch.Tensor) -> None:
+        if not bool(atoms.any()):
+            return
+        rows = atoms.nonzero().squeeze(1)
+        new, cur, state, cap = self.n[rows], self.cur[rows], self.state[rows], cap[rows]
+        m = int(new.max()) + 1  # atoms written in these rows, the new one included
+        first = state == 0  # the molecule's first atom (a later state of 0 has ended the chain)
+        bond = torch.where(first, torch.zeros_like(state), torch.minimum(torch.minimum(order[rows], state), cap))
+        grown = self.dist[rows, cur, :m] + 1
+        grown.masked_fill_((bond == 0)[:, None], _FAR).clamp_(max=_FAR)
+        grown[torch.arange(len(rows), device=rows.device), new] = 0
+        self.dist[rows, new, :m] = grown
+        self.dist[rows, :m, new] = grown
+        left = cap - bond
+        self.cur[rows] = new
+        self.n[rows] = new + 1
+        self.state[rows] = left
+        self.ended[rows] = (left == 0) | (~first & (bond == 0))
+
+    def _bond(self, rows: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+        """Ring closure a-b in ``rows``: every distance shortened through the new bond."""
+        if len(rows) == 0:
+            return
+        m = int(self.n[rows].max())
+        d = self.dist[rows, :m, :m]
+        i = torch.arange(len(rows), device=rows.device)
+        da, db = d[i, a], d[i, b]  # [R, m]
+        via = torch.minimum(da[:, :, None] + db[:, None, :], db[:, :, None] + da[:, None, :]) + 1
+        self.dist[rows, :m, :m] = torch.minimum(d, via).clamp_(max=_FAR)
+
+    def _pop(self) -> None:
+        """Close branches whose symbols are all read (not while an index is being read)."""
+        for _ in range(self.max_depth):
+            top = (self.depth - 1).clamp(min=0)
+            done = (self.depth > 0) & (self.pend_left == 0) & (self.left.gather(1, top[:, None]).squeeze(1) <= 0)
+            if not bool(done.any()):
+                return
+            rows = done.nonzero().squeeze(1)
+            slot = top[rows]
+            self.cur[rows] = self.saved_cur[rows, slot]
+            self.state[rows] = self.saved_state[rows, slot]
+            self.ended[rows] = self.saved_ended[rows, slot]
+            self.depth[rows] -= 1
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only ``rows`` (indices into the current rows; the dropped rows must have ended).
+        The state is compacted only once fewer than half of its rows are wanted: compacting copies
+        the distance matrices, and a sampler drops a few rows at almost every step."""
+        self.active = self.active[rows]
+        if len(self.active) < len(self.n) // 2:
+            keep = self.active
+            for name, value in list(vars(self).items()):
+                if torch.is_tensor(value) and name != "active":
+                    setattr(self, name, value[keep])
+            self.active = torch.arange(len(keep), device=keep.device)
+
+    def _wanted(self, value: torch.Tensor) -> torch.Tensor:
+        return value if len(self.active) == len(self.n) else value[self.active]
+
+    # ------------------------------------------------------------------ views
+    def ring_sizes(self) -> torch.Tensor:
+        """[B, 16] size of the ring each index value would close now (0: none; 2: the atoms are
+        already bonded; ``_FAR`` + 1: not connected)."""
+        q = torch.arange(_BASE, device=self.cur.device)
+        partner = (self.cur[:, None] - (q[None] + 1)).clamp(min=0)
+        size = self.dist.gather(1, self.cur[:, None, None].expand(-1, 1, self.dist.shape[2])).squeeze(1)
+        size = size.gather(1, partner).long() + 1
+        valid = (self.n[:, None] > 0) & (partner != self.cur[:, None])
+        return torch.where(valid, size, torch.zeros_like(size))
+
+    def features(self) -> torch.Tensor:
+        """[B, N_FEATURES] float: one-hot ring size per index value 0-11 (none, 2, 3, ..., 7, 8+), the
+        state (ended or no atom, 1, 2, 3, 4+), reading a branch / ring index, the innermost branch's
+        remaining symbols (none, 1, ..., 7, 8+) and the branch depth (0, 1, 2, 3+)."""
+        sizes = self.ring_sizes()[:, :RING_QS]
+        bins = torch.where(sizes == 0, torch.zeros_like(sizes), (sizes - 1).clamp(min=1, max=_SIZE_BINS - 1))
+        state = torch.where(self.ended, torch.zeros_like(self.state), self.state.clamp(max=4))
+        top = (self.depth - 1).clamp(min=0)
+        left = torch.where(self.depth > 0, self.left.gather(1, top[:, None]).squeeze(1).clamp(min=1, max=8),
+                           torch.zeros_like(self.depth))
+        parts = [
+            torch.nn.functional.one_hot(bins, _SIZE_BINS).flatten(1),
+            torch.nn.functional.one_hot(state, 5),
+            torch.stack([(self.pend_left > 0) & (self.pend_kind == k) for k in (BRANCH, RING)], dim=1).long(),
+            torch.nn.functional.one_hot(left, 9),
+            torch.nn.functional.one_hot(self.depth.clamp(max=3), 4),
+        ]
+        return self._wanted(torch.cat(parts, dim=1).float())
+
+    def forbidden(self) -> torch.Tensor | None:
+        """[B, V] True for the tokens that, read as the pending one-index ring token's size index,
+        would close a ring of ``MAX_RING_SIZE`` or more atoms; None when no row reads such an index.
+        A row where every value would is left free (the post-hoc rule has the last word)."""
+        asking = (self.pend_left == 1) & (self.pend_n == 1) & (self.pend_kind == RING) & ~self.finished
+        if len(self.active) < len(self.n):
+            asking = asking & torch.zeros_like(asking).index_fill_(0, self.active, True)
+        if not bool(asking.any()):
+            return None
+        large = self.ring_sizes() >= MAX_RING_SIZE  # [B, 16]
+        large &= asking[:, None] & ~large.all(1, keepdim=True)
+        if not bool(large.any()):
+            return None
+        mask = large.gather(1, self.tables["q"][None].expand(len(large), -1))
+        mask[:, 0] = False  # the end token stays possible
+        return self._wanted(mask)
