@@ -1,4 +1,4 @@
-"""The ring-closure rule: SELFIES derivation read from token prefixes, and the sampler's mask."""
+"""The SELFIES derivation (design/domains/molecule/grammar.py): against the selfies decoder, ring sizes, features, the sampler's mask."""
 
 import random
 
