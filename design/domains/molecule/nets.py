@@ -108,7 +108,7 @@ class _TokenHead(nn.Module):
         same teacher-forced logits (straight-through Gumbel per position, one network pass)."""
         steps = int(t.lengths().max()) + 1  # through the first end token
         tokens = t.tokens[:, :steps]
-        logits = self.logits(raw, tokens).float()
+        logits = self.logits(raw, tokens)
         inside = torch.ones_like(tokens, dtype=torch.bool)
         inside[:, 1:] = tokens[:, :-1] != 0  # positions up to and including the end token
         nll = F.cross_entropy(logits.reshape(-1, self.vocab_size), tokens.reshape(-1), reduction="none")
@@ -158,7 +158,7 @@ class _TokenHead(nn.Module):
         done = torch.zeros(h.shape[0], dtype=torch.bool, device=h.device)
         steps = []
         for step in range(self.max_tokens):
-            logits = self._step_logits(state).float()
+            logits = self._step_logits(state)
             soft, idx = gumbel(self._first_logits(logits / temperature, step), tau, generator)
             st = straight_through(soft, idx)
             steps.append(st)
@@ -200,7 +200,7 @@ class _TokenHead(nn.Module):
         derivation = self._derivation(h, constrained)
         state = self._begin(h, self._features(derivation))
         for step in range(self.max_tokens):
-            logits = self._step_logits(state).float()
+            logits = self._step_logits(state)
             forbidden = derivation.forbidden() if (constrained and derivation is not None) else None
             if forbidden is not None:
                 logits = logits.masked_fill(forbidden, float("-inf"))
