@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -301,9 +301,10 @@ class Generator:
         if prior is None:
             prior = self.prior_for(target, self.config.generate.prior_focus)
         parts = []
-        # the domain's rules on batch i run in a worker thread while the network samples batch i + 1
-        # (torch releases the GIL in its kernels); the rules are deterministic, so the result is too
-        with ThreadPoolExecutor(max_workers=1) as rules:
+        # with ``rules_beside_sampling`` the domain's rules on batch i run in a worker thread while the
+        # network samples batch i + 1 (torch releases the GIL in its kernels), else in turn; the rules
+        # are deterministic, so the result is the same either way
+        with ThreadPoolExecutor(max_workers=1) if self.domain.rules_beside_sampling else _InTurn() as rules:
             for start in range(0, n, bs):
                 m = min(bs, n - start)
                 z = prior.sample(m, generator=gen)
@@ -389,6 +390,21 @@ def _check_count(n: Any) -> None:
 
 def _unchanged(tensors: Any) -> Any:
     return tensors
+
+
+class _InTurn:
+    """An executor that runs each job when it is submitted (the in-turn twin of a one-thread pool)."""
+
+    def __enter__(self) -> _InTurn:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def submit(self, fn: Any, *args: Any) -> Future:
+        done: Future = Future()
+        done.set_result(fn(*args))
+        return done
 
 
 def _concat(parts: list) -> Any:

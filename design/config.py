@@ -71,6 +71,11 @@ class ModelConfig(_Section):
         description="molecules: feed the decoder, at every step, the SELFIES derivation of the tokens so far "
         "(ring size each ring index would close, valence state, open branch budget)",
     )
+    grammar_valence: bool = Field(
+        False,
+        description="molecules, with grammar_features: also, per ring index, the free valence of the atom it "
+        "would close the ring to and whether that atom (and the current one) has a double or triple bond",
+    )
     disc_dim: int = Field(64, ge=8, description="width of the discriminator's per-site / per-token features")
     disc_layers: int = Field(3, ge=1, description="graph-network (crystal) or convolution (molecule) layers of D")
     disc_cutoff: float = Field(6.0, gt=0, description="crystals: radial cutoff of the discriminator, Angstrom")
@@ -89,6 +94,9 @@ class ModelConfig(_Section):
                 f"model.site_dim={self.site_dim} is not divisible by model.heads={self.heads}; "
                 "pick a site_dim that is a multiple of heads"
             )
+        if self.grammar_valence and not self.grammar_features:
+            raise ValueError("model.grammar_valence=true extends the grammar features; set model.grammar_features: "
+                             "true as well, or grammar_valence: false")
         return self
 
 
@@ -522,7 +530,7 @@ _LATER_DEFAULTS = {
     "train": {"adv_samples": None, "fm_relative": False, "lr_schedule": "constant", "lr_final": 0.05,
               "realism_critic": False},
     "data": {"property_table": None},
-    "model": {"site_count": False, "decoder": "gru", "grammar_features": False},
+    "model": {"site_count": False, "decoder": "gru", "grammar_features": False, "grammar_valence": False},
 }
 
 

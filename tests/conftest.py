@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from testkit import TRAIN, tiny_config
+from testkit import MOLECULES_TEST, TRAIN, tiny_config
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -35,6 +35,22 @@ def real_structures():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return [Structure.from_str(c, fmt="cif") for c in df["cif"]]
+
+
+@pytest.fixture(scope="session")
+def selfies_corpus():
+    """400 real MOSES test molecules as SELFIES, their vocabulary (with a two-index ring token)
+    and its grammar."""
+    import pandas as pd
+
+    from design.data.sources import resolve
+    from design.domains.molecule.grammar import SelfiesGrammar
+    from design.domains.molecule.tokens import Vocabulary, smiles_to_selfies
+
+    smiles = pd.read_csv(resolve(MOLECULES_TEST), nrows=400)["SMILES"].tolist()
+    selfies = [smiles_to_selfies(s) for s in smiles]
+    vocab = Vocabulary.fit(selfies + ["[C][C][C][C][C][C][C][C][C][C][C][C][C][C][C][C][C][Ring2][C][C]"])
+    return selfies, vocab, SelfiesGrammar(vocab.tokens)
 
 
 @pytest.fixture(scope="session")

@@ -96,6 +96,10 @@ class Domain(ABC):
     """Interface every domain implements (see module docstring)."""
 
     name: str
+    # whether ``decoding_rules`` on sampled batch i runs in a worker thread while the network samples
+    # batch i + 1 (a win when the rules are Python the sampler's torch kernels can run beside; a loss
+    # when the rules are tensor work that competes with the sampler's threads for the cores)
+    rules_beside_sampling: bool = True
 
     # -- data
     @abstractmethod

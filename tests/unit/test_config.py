@@ -39,6 +39,11 @@ def test_target_goal_needs_value():
         config_from_dict({"rank": {"property_goals": {"formation_energy_per_atom": "target"}}})
 
 
+def test_grammar_valence_needs_the_grammar_features():
+    with pytest.raises(ConfigError, match=r"grammar_valence=true.*grammar_features: true"):
+        config_from_dict({"model": {"grammar_valence": True}})
+
+
 def test_density_range_checked():
     with pytest.raises(ConfigError, match="density_min"):
         config_from_dict({"penalty": {"density_min": 30.0}})

@@ -63,14 +63,18 @@ def test_candidates_are_rdkit_molecules_with_scores(gen):
     assert len(gen.sample(2500, seed=0, batch_size=1024).tensors) == 2500  # several batches joined
 
 
-def test_decoding_rules_overlapping_sampling_change_nothing(gen):
-    """The rules run in a worker thread while the next batch is sampled; the molecules are those of
-    the raw samples with the rules applied batch by batch, in order."""
+def test_decoding_rules_beside_sampling_or_in_turn_change_nothing(gen, monkeypatch):
+    """The rules run on each batch either in a worker thread while the next batch is sampled or in
+    turn (the molecule domain's choice): the same molecules, constrained unlike the raw ones, with
+    nothing left for the rules to change."""
+    assert not gen.domain.rules_beside_sampling
+    in_turn = gen.sample(600, seed=5, batch_size=128, score=False, constrained=True).tensors
+    monkeypatch.setattr(type(gen.domain), "rules_beside_sampling", True)
+    beside = gen.sample(600, seed=5, batch_size=128, score=False, constrained=True).tensors
+    assert torch.equal(in_turn.tokens, beside.tokens)
     raw = gen.sample(600, seed=5, batch_size=128, score=False, constrained=False).tensors
-    ruled = gen.sample(600, seed=5, batch_size=128, score=False, constrained=True).tensors
-    expect = [gen.domain.decoding_rules(raw.subset(slice(i, i + 128))).tokens for i in range(0, 600, 128)]
-    assert torch.equal(ruled.tokens, torch.cat(expect))
-    assert not torch.equal(ruled.tokens, raw.tokens)  # the tiny generator writes macrocycles the rules open
+    assert not torch.equal(in_turn.tokens, raw.tokens)  # the tiny generator writes macrocycles
+    assert torch.equal(gen.domain.decoding_rules(in_turn).tokens, in_turn.tokens)
 
 
 def test_valid_only_and_target(gen):

@@ -2,28 +2,21 @@
 
 import random
 
-import pandas as pd
 import pytest
 import selfies as sf
 import torch
 from rdkit import Chem
 
 from design.config import ModelConfig
-from design.data.sources import resolve
 from design.domains.molecule.chemistry import MAX_RING_SIZE
-from design.domains.molecule.grammar import N_FEATURES, RING_QS, SelfiesGrammar
+from design.domains.molecule.grammar import N_FEATURES, N_VALENCE_FEATURES, RING_QS, SelfiesGrammar
 from design.domains.molecule.nets import TokenDecoderHead, TokenTransformerHead
-from design.domains.molecule.tokens import Vocabulary, selfies_to_indices, smiles_to_selfies
-
-from testkit import MOLECULES_TEST
+from design.domains.molecule.tokens import Vocabulary, selfies_to_indices
 
 
 @pytest.fixture(scope="module")
-def corpus():
-    smiles = pd.read_csv(resolve(MOLECULES_TEST), nrows=400)["SMILES"].tolist()
-    selfies = [smiles_to_selfies(s) for s in smiles]
-    vocab = Vocabulary.fit(selfies + ["[C][C][C][C][C][C][C][C][C][C][C][C][C][C][C][C][C][Ring2][C][C]"])
-    return selfies, vocab, SelfiesGrammar(vocab.tokens)
+def corpus(selfies_corpus):
+    return selfies_corpus
 
 
 def _derive(grammar, rows):
@@ -54,6 +47,27 @@ def test_derivation_writes_the_molecule_of_real_sequences(corpus):
         mol = Chem.MolFromSmiles(sf.decoder(s))
         assert _graph(d, r) == (mol.GetNumAtoms(), mol.GetNumBonds(), sorted(a.GetDegree() for a in mol.GetAtoms())), s
         assert bool(d.finished[r]) and int(d.depth[r]) == 0
+
+
+def test_derivation_tracks_free_valence_and_multiple_bonds(corpus):
+    """After whole real rows, each atom's free valence is its hydrogen count (molecules without S or
+    P, whose SELFIES capacity is their highest valence, nor hydrogens written in a token such as
+    [NH1], which are not free valence) and the atoms marked with a double or triple bond are those
+    of the kekulised molecule."""
+    selfies, vocab, grammar = corpus
+    d = _derive(grammar, [selfies_to_indices(s, vocab.index, 72) for s in selfies])
+    compared = 0
+    for r, s in enumerate(selfies):
+        mol = Chem.MolFromSmiles(sf.decoder(s))
+        Chem.Kekulize(mol, clearAromaticFlags=True)
+        n = int(d.n[r])
+        multi = sum(any(b.GetBondTypeAsDouble() >= 2 for b in a.GetBonds()) for a in mol.GetAtoms())
+        assert int(d.multi[r, :n].sum()) == multi, s
+        if any(a.GetSymbol() in ("S", "P") for a in mol.GetAtoms()) or "H" in s:
+            continue
+        assert sorted(d.free[r, :n].tolist()) == sorted(a.GetTotalNumHs() for a in mol.GetAtoms()), s
+        compared += 1
+    assert compared > 200
 
 
 def test_derivation_of_random_sequences_matches_the_decoder(corpus):
@@ -122,6 +136,24 @@ def test_features_describe_the_derivation(corpus):
     assert budget == [0, 0, 0, 0, 2, 1, 0, 0]
 
 
+def test_valence_features_describe_the_ring_partners(corpus):
+    """Benzene's ring token: each index value's partner atom, its free valence and double bond."""
+    _, vocab, grammar = corpus
+    tokens = torch.tensor([_row(vocab, "[C][=C][C][=C][C][=C][Ring1][=Branch1]")])
+    feats = grammar.run(tokens, valence=True)
+    assert feats.shape == (1, tokens.shape[1], N_FEATURES + N_VALENCE_FEATURES)
+    assert torch.equal(feats[..., :N_FEATURES], grammar.run(tokens))
+    at = feats[0, 7, N_FEATURES:]  # reading the ring's index: the current atom is the sixth carbon
+    free = at[: RING_QS * 4].view(RING_QS, 4).argmax(1).tolist()
+    multi = at[RING_QS * 4 : RING_QS * 5].tolist()
+    # index 0 -> atom 4 (bonds: single, double): 1 free; 1 -> atom 3 (double, single): 1; 2 -> atom 2: 1;
+    # 3 -> atom 1: 1; 4 and above -> atom 0 (one double bond): 2 free
+    assert free == [1, 1, 1, 1] + [2] * (RING_QS - 4)
+    assert multi == [1.0] * RING_QS and at[-1] == 1.0
+    first = feats[0, 1, N_FEATURES:]  # after the first atom: no partner for any index
+    assert first[: RING_QS * 5].sum() == 0 and first[-1] == 0
+
+
 @pytest.mark.parametrize("decoder", ["gru", "transformer"])
 @pytest.mark.parametrize("features", [False, True])
 def test_constrained_sampling_never_writes_a_ring_token_macrocycle(corpus, decoder, features):
@@ -158,7 +190,8 @@ def test_constrained_sampling_never_writes_a_ring_token_macrocycle(corpus, decod
     assert ruled and all(s < MAX_RING_SIZE for s in ruled)
 
 
-def test_teacher_forced_features_are_the_samplers():
+@pytest.mark.parametrize("valence", [False, True])
+def test_teacher_forced_features_are_the_samplers(valence):
     """With grammar features, the sampler's step (features fed incrementally) gives the
     teacher-forced logits, so sampling draws from the distribution trained."""
     vocab = Vocabulary.fit(["[C][C][Branch1][C][O][N][=C][Ring1][=Branch1]", "[C][=C][C][=C][C][=C][Ring1][=Branch1]"])
@@ -166,19 +199,19 @@ def test_teacher_forced_features_are_the_samplers():
     for decoder in ("gru", "transformer"):
         torch.manual_seed(0)
         cfg = ModelConfig(latent_dim=8, hidden=32, site_dim=16, heads=2, decoder_layers=2, decoder=decoder,
-                          grammar_features=True)
+                          grammar_features=True, grammar_valence=valence)
         head = (TokenDecoderHead if decoder == "gru" else TokenTransformerHead)(cfg, len(vocab), 12, grammar=grammar)
         h = torch.randn(4, 32)
         tokens = torch.randint(1, len(vocab), (4, 9))
         with torch.no_grad():
             expected = head.logits({"h": h}, tokens)
             d = grammar.start(4, 13)
-            state = head._begin(h, d.features())
+            state = head._begin(h, d.features(valence))
             steps = []
             for t in range(tokens.shape[1]):
                 steps.append(head._step_logits(state))
                 d.step(tokens[:, t])
-                head._feed(state, tokens[:, t], d.features())
+                head._feed(state, tokens[:, t], d.features(valence))
         assert torch.allclose(torch.stack(steps, 1), expected, atol=1e-5), decoder
 
 
@@ -200,7 +233,7 @@ def test_dropping_finished_rows_keeps_the_others_state(corpus):
         if len(going) < len(kept):
             kept = kept[going]
             d.keep(going)
-        assert torch.equal(d.features(), alone.features()[kept])
+        assert torch.equal(d.features(True), alone.features(True)[kept])
         mask, full = d.forbidden(), alone.forbidden()
         assert (mask is None and (full is None or not full[kept].any())) or torch.equal(mask, full[kept])
     assert len(kept) < len(rows) // 2  # the compaction ran

@@ -21,15 +21,21 @@ a state above 0 reads its index and closes the ring (at 0 it is skipped). Distan
 paths over the bonds written so far, ring closures included (also a closure the decoder will later
 drop for want of valence).
 
-It serves two things:
+It serves three things:
 
 * :meth:`Derivation.features`: per row, what a decoder needs to count right (which ring size each
   index value 0-11 would close now, the state, whether an index is being read, the innermost
   branch's remaining budget, the branch depth), fed to the decoder at every step
-  (``model.grammar_features``).
+  (``model.grammar_features``); with ``valence`` (``model.grammar_valence``) also what a ring
+  closure to each of those atoms would meet there (the partner's free valence, whether it already
+  has a double or triple bond) and whether the current atom has one: a ring closes aromatic only
+  if its bonds alternate, and a closure to an atom without free valence is dropped.
 * :meth:`Derivation.forbidden`: at a one-index ring token's index, the values that would close a
   ring of ``MAX_RING_SIZE`` or more atoms (constrained decoding masks them; the post-hoc rule of
   ``decoding.py`` still opens any large ring that is left, e.g. from two-index ring tokens).
+* The molecule as written (each atom's token, the atom it bonded to and the order, the ring closures
+  in reading order): ``assemble.py`` builds RDKit molecules from it without the ``selfies`` package's
+  SMILES (``distances=False`` skips the distances, which only the other two need).
 """
 
 from __future__ import annotations
@@ -50,6 +56,13 @@ ATOM, BRANCH, RING, OTHER = 1, 2, 3, 4
 RING_QS = 12  # index values whose ring size the features report
 _SIZE_BINS = 8  # none, 2 (already bonded), 3, 4, 5, 6, 7, >= 8
 N_FEATURES = RING_QS * _SIZE_BINS + 5 + 2 + 9 + 4
+_FREE_BINS = 4  # a partner's free valence: 0, 1, 2, 3+
+N_VALENCE_FEATURES = RING_QS * (_FREE_BINS + 1) + 1
+
+
+def n_features(valence: bool) -> int:
+    """Width of :meth:`Derivation.features`."""
+    return N_FEATURES + (N_VALENCE_FEATURES if valence else 0)
 
 
 class SelfiesGrammar:
@@ -79,16 +92,16 @@ class SelfiesGrammar:
         self.n_index = torch.tensor(n_index)
         self.q = torch.tensor([code.get(tok, 0) for tok in vocab])
 
-    def start(self, rows: int, max_atoms: int, device: torch.device | str = "cpu") -> Derivation:
-        return Derivation(self, rows, max_atoms, device)
+    def start(self, rows: int, max_atoms: int, device: torch.device | str = "cpu", distances: bool = True) -> Derivation:
+        return Derivation(self, rows, max_atoms, device, distances)
 
-    def run(self, tokens: torch.Tensor) -> torch.Tensor:
-        """[B, T, N_FEATURES] features before each position of hard token rows [B, T] (teacher
-        forcing: position t sees the derivation of tokens 0 .. t - 1)."""
+    def run(self, tokens: torch.Tensor, valence: bool = False) -> torch.Tensor:
+        """[B, T, n_features(valence)] features before each position of hard token rows [B, T]
+        (teacher forcing: position t sees the derivation of tokens 0 .. t - 1)."""
         d = self.start(tokens.shape[0], tokens.shape[1], tokens.device)
         out = []
         for t in range(tokens.shape[1]):
-            out.append(d.features())
+            out.append(d.features(valence))
             if t + 1 < tokens.shape[1]:
                 d.step(tokens[:, t])
         return torch.stack(out, dim=1)
@@ -98,7 +111,8 @@ class Derivation:
     """The derivation state of B token rows (see module docstring); :meth:`step` reads one token
     per row, :meth:`keep` drops rows."""
 
-    def __init__(self, grammar: SelfiesGrammar, rows: int, max_atoms: int, device: torch.device | str):
+    def __init__(self, grammar: SelfiesGrammar, rows: int, max_atoms: int, device: torch.device | str,
+                 distances: bool = True):
         long = {"dtype": torch.long, "device": device}
         self.tables = {k: getattr(grammar, k).to(device) for k in ("kind", "order", "cap", "n_index", "q")}
         self.n = torch.zeros(rows, **long)  # atoms written
@@ -106,7 +120,22 @@ class Derivation:
         self.state = torch.zeros(rows, **long)  # free valence of the current atom; 0 before the first atom
         self.ended = torch.zeros(rows, dtype=torch.bool, device=device)  # this frame's chain has ended
         self.finished = torch.zeros(rows, dtype=torch.bool, device=device)  # the end token was read
-        self.dist = torch.full((rows, max_atoms, max_atoms), _FAR, dtype=torch.int16, device=device)
+        # graph distances between the atoms: what ring sizes, features and the mask need; without
+        # ``distances`` (only the graph is wanted, ``assemble.py``) they are not kept, the costliest part
+        self.dist = (torch.full((rows, max_atoms, max_atoms), _FAR, dtype=torch.int16, device=device) if distances
+                     else None)
+        # per atom: free valence (capacity less the bonds written, ring closures at their effective
+        # order) and whether it has a double or triple bond
+        self.free = torch.zeros(rows, max_atoms, **long)
+        self.multi = torch.zeros(rows, max_atoms, dtype=torch.bool, device=device)
+        # the molecule as written: each atom's token, the atom it bonded to and the bond's order (0 for
+        # the first atom), and the ring closures in reading order (partner, atom, order asked), which
+        # the decoder forms at the end (``assemble.py``)
+        self.atom_tok = torch.zeros(rows, max_atoms, **long)
+        self.parent = torch.zeros(rows, max_atoms, **long)
+        self.parent_order = torch.zeros(rows, max_atoms, **long)
+        self.rings = torch.zeros(rows, max_atoms // 2 + 1, 3, **long)  # a ring token and its index: 2+ tokens
+        self.n_rings = torch.zeros(rows, **long)
         # a branch takes a branch token and an index before the next can open inside it, so a row of
         # at most max_atoms tokens nests at most max_atoms // 2 branches
         self.max_depth = max_atoms // 2 + 1
@@ -143,7 +172,7 @@ class Derivation:
         if bool(reading.any()):
             self._read_index(reading, tab["q"][tok])
         free = live & ~reading & ~self.ended
-        self._atom(free & (kind == ATOM), order, cap)
+        self._atom(free & (kind == ATOM), tok, order, cap)
         for k, need in ((BRANCH, 1), (RING, 0)):  # a branch needs a state of 2+, a ring of 1+
             starts = free & (kind == k) & (self.state > need)
             if bool(starts.any()):
@@ -178,13 +207,17 @@ class Derivation:
             cur = self.cur[rows]
             partner = (cur - (self.pend_q[rows] + 1)).clamp(min=0)
             closes = partner != cur
-            self._bond(rows[closes], cur[closes], partner[closes])
-            left = self.state[rows] - torch.minimum(self.pend_order[rows], self.state[rows])
+            asked = torch.minimum(self.pend_order[rows], self.state[rows])
+            r, c, p, o = rows[closes], cur[closes], partner[closes], asked[closes]
+            self._close_valence(r, c, p, o)
+            self._bond(r, c, p)
+            self._record_ring(r, torch.stack([p, c, o], dim=1))
+            left = self.state[rows] - asked
             self.state[rows] = left
             self.ended[rows] = left == 0
         self.pend_kind = torch.where(done, torch.zeros_like(self.pend_kind), self.pend_kind)
 
-    def _atom(self, atoms: torch.Tensor, order: torch.Tensor, cap: torch.Tensor) -> None:
+    def _atom(self, atoms: torch.Tensor, tok: torch.Tensor, order: torch.Tensor, cap: torch.Tensor) -> None:
         if not bool(atoms.any()):
             return
         rows = atoms.nonzero().squeeze(1)
@@ -192,12 +225,20 @@ class Derivation:
         m = int(new.max()) + 1  # atoms written in these rows, the new one included
         first = state == 0  # the molecule's first atom (a later state of 0 has ended the chain)
         bond = torch.where(first, torch.zeros_like(state), torch.minimum(torch.minimum(order[rows], state), cap))
-        grown = self.dist[rows, cur, :m] + 1
-        grown.masked_fill_((bond == 0)[:, None], _FAR).clamp_(max=_FAR)
-        grown[torch.arange(len(rows), device=rows.device), new] = 0
-        self.dist[rows, new, :m] = grown
-        self.dist[rows, :m, new] = grown
+        if self.dist is not None:
+            grown = self.dist[rows, cur, :m] + 1
+            grown.masked_fill_((bond == 0)[:, None], _FAR).clamp_(max=_FAR)
+            grown[torch.arange(len(rows), device=rows.device), new] = 0
+            self.dist[rows, new, :m] = grown
+            self.dist[rows, :m, new] = grown
         left = cap - bond
+        self.atom_tok[rows, new] = tok[rows]
+        self.parent[rows, new] = cur
+        self.parent_order[rows, new] = bond
+        self.free[rows, new] = left
+        self.free[rows, cur] -= bond  # 0 for a first atom
+        self.multi[rows, new] = bond >= 2
+        self.multi[rows, cur] |= bond >= 2
         self.cur[rows] = new
         self.n[rows] = new + 1
         self.state[rows] = left
@@ -205,7 +246,7 @@ class Derivation:
 
     def _bond(self, rows: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
         """Ring closure a-b in ``rows``: every distance shortened through the new bond."""
-        if len(rows) == 0:
+        if len(rows) == 0 or self.dist is None:
             return
         m = int(self.n[rows].max())
         d = self.dist[rows, :m, :m]
@@ -213,6 +254,30 @@ class Derivation:
         da, db = d[i, a], d[i, b]  # [R, m]
         via = torch.minimum(da[:, :, None] + db[:, None, :], db[:, :, None] + da[:, None, :]) + 1
         self.dist[rows, :m, :m] = torch.minimum(d, via).clamp_(max=_FAR)
+
+    def _record_ring(self, rows: torch.Tensor, ring: torch.Tensor) -> None:
+        if len(rows) == 0:
+            return
+        slot = self.n_rings[rows]
+        if bool((slot >= self.rings.shape[1]).any()):
+            raise ValueError(f"more than {self.rings.shape[1]} ring closures: a row longer than the max_atoms "
+                             "this derivation was started with")
+        self.rings[rows, slot] = ring
+        self.n_rings[rows] += 1
+
+    def _close_valence(self, rows: torch.Tensor, a: torch.Tensor, b: torch.Tensor, asked: torch.Tensor) -> None:
+        """A ring closure's bond as the decoder forms it at the end: the order asked capped by both
+        atoms' free valence (0: dropped); a closure onto an existing bond raises its order."""
+        if len(rows) == 0:
+            return
+        order = torch.minimum(asked, torch.minimum(self.free[rows, a], self.free[rows, b])).clamp(min=0)
+        bonded = (self.dist[rows, a, b] == 1 if self.dist is not None
+                  else (self.parent[rows, a] == b) | (self.parent[rows, b] == a))
+        self.free[rows, a] -= order
+        self.free[rows, b] -= order
+        multi = (order >= 2) | (bonded & (order > 0))
+        self.multi[rows, a] |= multi
+        self.multi[rows, b] |= multi
 
     def _pop(self) -> None:
         """Close branches whose symbols are all read (not while an index is being read)."""
@@ -247,17 +312,25 @@ class Derivation:
     def ring_sizes(self) -> torch.Tensor:
         """[B, 16] size of the ring each index value would close now (0: none; 2: the atoms are
         already bonded; ``_FAR`` + 1: not connected)."""
-        q = torch.arange(_BASE, device=self.cur.device)
-        partner = (self.cur[:, None] - (q[None] + 1)).clamp(min=0)
+        partner, valid = self._partners()
         size = self.dist.gather(1, self.cur[:, None, None].expand(-1, 1, self.dist.shape[2])).squeeze(1)
         size = size.gather(1, partner).long() + 1
-        valid = (self.n[:, None] > 0) & (partner != self.cur[:, None])
         return torch.where(valid, size, torch.zeros_like(size))
 
-    def features(self) -> torch.Tensor:
-        """[B, N_FEATURES] float: one-hot ring size per index value 0-11 (none, 2, 3, ..., 7, 8+), the
-        state (ended or no atom, 1, 2, 3, 4+), reading a branch / ring index, the innermost branch's
-        remaining symbols (none, 1, ..., 7, 8+) and the branch depth (0, 1, 2, 3+)."""
+    def _partners(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, 16] the atom each index value would close a ring to, and whether that is a ring
+        (there is an atom and the partner is not the current atom itself)."""
+        q = torch.arange(_BASE, device=self.cur.device)
+        partner = (self.cur[:, None] - (q[None] + 1)).clamp(min=0)
+        return partner, (self.n[:, None] > 0) & (partner != self.cur[:, None])
+
+    def features(self, valence: bool = False) -> torch.Tensor:
+        """[B, n_features(valence)] float: one-hot ring size per index value 0-11 (none, 2, 3, ...,
+        7, 8+), the state (ended or no atom, 1, 2, 3, 4+), reading a branch / ring index, the
+        innermost branch's remaining symbols (none, 1, ..., 7, 8+) and the branch depth (0, 1, 2,
+        3+); with ``valence`` then, per index value 0-11, the partner atom's free valence (one-hot 0,
+        1, 2, 3+; all zero where there is no partner) and whether it has a double or triple bond,
+        and whether the current atom has one."""
         sizes = self.ring_sizes()[:, :RING_QS]
         bins = torch.where(sizes == 0, torch.zeros_like(sizes), (sizes - 1).clamp(min=1, max=_SIZE_BINS - 1))
         state = torch.where(self.ended, torch.zeros_like(self.state), self.state.clamp(max=4))
@@ -271,6 +344,15 @@ class Derivation:
             torch.nn.functional.one_hot(left, 9),
             torch.nn.functional.one_hot(self.depth.clamp(max=3), 4),
         ]
+        if valence:
+            partner, valid = self._partners()
+            partner, valid = partner[:, :RING_QS], valid[:, :RING_QS]
+            free = self.free.gather(1, partner).clamp(0, _FREE_BINS - 1)
+            parts += [
+                (torch.nn.functional.one_hot(free, _FREE_BINS) * valid[..., None]).flatten(1),
+                (self.multi.gather(1, partner) & valid).long(),
+                (self.multi.gather(1, self.cur[:, None]).squeeze(1) & (self.n > 0)).long()[:, None],
+            ]
         return self._wanted(torch.cat(parts, dim=1).float())
 
     def forbidden(self) -> torch.Tensor | None:

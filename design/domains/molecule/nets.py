@@ -10,7 +10,7 @@ Shapes: B = batch, T = L + 1 token positions, V = vocabulary size, E = ``model.s
   (one-hot forward, soft gradients backward, each step fed the soft token's embedding), so
   discriminator and penalty gradients reach the generator through every choice. With
   ``model.grammar_features`` every step also reads the SELFIES derivation of the tokens so far
-  (``grammar.Derivation.features``, N_FEATURES inputs).
+  (``grammar.Derivation.features``: ``grammar.n_features(model.grammar_valence)`` inputs).
 * :class:`TokenTransformerHead` (``model.decoder: transformer``): the same interface with a causal
   transformer of width E. Both share :class:`_TokenHead` (likelihood, soft reconstruction, the
   samplers and constrained decoding), written over four per-step hooks.
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from design.config import ModelConfig
-from design.domains.molecule.grammar import N_FEATURES, Derivation, SelfiesGrammar
+from design.domains.molecule.grammar import Derivation, SelfiesGrammar, n_features
 from design.domains.molecule.tokens import MoleculeBatch, MoleculeTensors
 from design.models.discrete import gumbel, gumbel_index, straight_through
 
@@ -71,7 +71,8 @@ class _TokenHead(nn.Module):
     compact_below = 1.0  # drop finished rows once the alive fraction falls below this (1.0: at once)
 
     def __init__(self, vocab_size: int, max_tokens: int, first_allowed: torch.Tensor | None = None,
-                 grammar: SelfiesGrammar | None = None, grammar_features: bool = False):
+                 grammar: SelfiesGrammar | None = None, grammar_features: bool = False,
+                 grammar_valence: bool = False):
         super().__init__()
         if grammar_features and grammar is None:
             raise ValueError("model.grammar_features needs the vocabulary's SELFIES grammar")
@@ -79,6 +80,8 @@ class _TokenHead(nn.Module):
         # (``grammar_features``) and, in constrained sampling, it forbids macrocycle ring indices
         self.grammar = grammar
         self.grammar_features = grammar_features
+        self.grammar_valence = grammar_valence  # the features' valence part (grammar.n_features)
+        self.n_features = n_features(grammar_valence) if grammar_features else 0
         self.vocab_size = vocab_size
         self.max_tokens = max_tokens
         # tokens a molecule may start with (atoms: a leading branch, ring or end token would be
@@ -177,14 +180,16 @@ class _TokenHead(nn.Module):
         return self.grammar.start(h.shape[0], self.max_tokens + 1, h.device)
 
     def _features(self, derivation: Derivation | None) -> torch.Tensor | None:
-        return derivation.features() if (self.grammar_features and derivation is not None) else None
+        if not self.grammar_features or derivation is None:
+            return None
+        return derivation.features(self.grammar_valence)
 
     def _teacher_features(self, tokens: torch.Tensor) -> torch.Tensor | None:
-        """[B, T, N_FEATURES] derivation features before each teacher-forcing position, or None."""
+        """[B, T, n_features] derivation features before each teacher-forcing position, or None."""
         if not self.grammar_features:
             return None
         with torch.no_grad():
-            return self.grammar.run(tokens)
+            return self.grammar.run(tokens, self.grammar_valence)
 
     def _first_logits(self, logits: torch.Tensor, step: int) -> torch.Tensor:
         return logits.masked_fill(~self.first_allowed, float("-inf")) if step == 0 else logits
@@ -222,7 +227,7 @@ class _TokenHead(nn.Module):
             self._feed(state, idx, self._features(derivation))
         return MoleculeBatch(F.one_hot(tokens, self.vocab_size).to(h.dtype))
 
-    # hooks (``feats``: [B, N_FEATURES] derivation features of the next input, or None)
+    # hooks (``feats``: [B, n_features] derivation features of the next input, or None)
     def _begin(self, h: torch.Tensor, feats: torch.Tensor | None) -> dict:
         raise NotImplementedError
 
@@ -241,15 +246,14 @@ class TokenDecoderHead(_TokenHead):
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, max_tokens: int, first_allowed: torch.Tensor | None = None,
                  grammar: SelfiesGrammar | None = None):
-        super().__init__(vocab_size, max_tokens, first_allowed, grammar, cfg.grammar_features)
+        super().__init__(vocab_size, max_tokens, first_allowed, grammar, cfg.grammar_features, cfg.grammar_valence)
         self.layers = cfg.decoder_layers
         h = cfg.hidden
         self.embed = nn.Parameter(torch.randn(vocab_size, cfg.site_dim) * 0.1)  # soft tokens @ embed
         self.start = nn.Parameter(torch.zeros(cfg.site_dim))
         self.init = nn.Linear(h, self.layers * h)
         # input: token embedding, trunk vector, derivation features (with grammar_features)
-        self.gru = nn.GRU(cfg.site_dim + h + (N_FEATURES if self.grammar_features else 0), h, self.layers,
-                          batch_first=True)
+        self.gru = nn.GRU(cfg.site_dim + h + self.n_features, h, self.layers, batch_first=True)
         self.out = nn.Linear(h, vocab_size)
 
     def _h0(self, h: torch.Tensor) -> torch.Tensor:
@@ -271,7 +275,9 @@ class TokenDecoderHead(_TokenHead):
         state = {"hx": list(self._h0(h)), "token": gates["token"], "trunk": gates["trunk"],
                  "gi": gates["start"] + gates["trunk"]}
         if feats is not None:
-            state["gi"] = state["gi"] + self._feature_gates(feats)
+            # the features' part of the input weights, laid out once for the per-step products
+            state["features"] = self.gru.weight_ih_l0[:, -self.n_features :].T.contiguous()
+            state["gi"] = torch.addmm(state["gi"], feats, state["features"])
         return state
 
     def _step_logits(self, state: dict) -> torch.Tensor:
@@ -280,12 +286,8 @@ class TokenDecoderHead(_TokenHead):
     def _feed(self, state: dict, tokens: torch.Tensor, feats: torch.Tensor | None) -> None:
         rows = tokens @ state["token"] if tokens.is_floating_point() else state["token"][tokens]
         state["gi"] = rows + state["trunk"]
-        if feats is not None:
-            state["gi"] = state["gi"] + self._feature_gates(feats)
-
-    def _feature_gates(self, feats: torch.Tensor) -> torch.Tensor:
-        """The first layer's input gates of the derivation features [B, N_FEATURES] -> [B, 3H]."""
-        return feats @ self.gru.weight_ih_l0[:, -N_FEATURES:].T
+        if feats is not None:  # plus the derivation features' input gates [B, n_features] @ [n_features, 3H]
+            state["gi"] = torch.addmm(state["gi"], feats, state["features"])
 
     def _keep(self, state: dict, rows: torch.Tensor) -> None:
         state["trunk"] = state["trunk"][rows]
@@ -333,13 +335,13 @@ class TokenTransformerHead(_TokenHead):
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, max_tokens: int, first_allowed: torch.Tensor | None = None,
                  grammar: SelfiesGrammar | None = None):
-        super().__init__(vocab_size, max_tokens, first_allowed, grammar, cfg.grammar_features)
+        super().__init__(vocab_size, max_tokens, first_allowed, grammar, cfg.grammar_features, cfg.grammar_valence)
         d = cfg.site_dim
         self.embed = nn.Parameter(torch.randn(vocab_size, d) * 0.1)  # soft tokens @ embed
         self.start = nn.Parameter(torch.zeros(d))
         self.position = nn.Parameter(torch.randn(max_tokens + 1, d) * 0.02)
         self.cond = nn.Linear(cfg.hidden, d)
-        self.feature_in = nn.Linear(N_FEATURES, d, bias=False) if self.grammar_features else None
+        self.feature_in = nn.Linear(self.n_features, d, bias=False) if self.grammar_features else None
         self.blocks = nn.ModuleList(_CausalBlock(d, cfg.heads) for _ in range(cfg.decoder_layers))
         self.norm = nn.LayerNorm(d)
         self.out = nn.Linear(d, vocab_size)
