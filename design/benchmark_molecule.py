@@ -12,9 +12,9 @@ One call samples ``n`` molecules (30,000 in MOSES), times every step and compute
   ``snn_samples`` for SNN against the whole reference, ``intdiv_samples`` for IntDiv); the sizes
   are in ``info``. The reference split is shuffled before it is subsampled.
 * throughput in *valid* molecules per second for sample + decode + validity (the generator call,
-  assembling and sanitising the RDKit molecules, the structural check) and for the whole generate -> score (discriminator,
-  penalty) -> filter (exact checks with the filters, uniqueness, novelty against the generator's
-  training set) -> rank step; and the generator's training wall time.
+  assembling and sanitising the RDKit molecules, the structural check) and for the whole generate ->
+  score (discriminator, penalty) -> filter (exact checks with the filters, uniqueness, novelty against
+  the generator's training set) -> rank step; and the generator's training wall time.
 
 Reference statistics (fingerprints, fragment and scaffold counts, ChemNet moments, the training
 split's canonical SMILES) are cached on disk keyed by the file's sha256.
