@@ -134,6 +134,26 @@ class MolAssembler:
                 closed.append((a, b))
         return Written(toks[:n], [(i, j, o) for (i, j), o in bonds.items()], sizes)
 
+    def _ring(self, a: int, b: int, parents: list[int], depth: list[int], closed: list[tuple[int, int]]) -> int:
+        """Size of the smallest ring a new bond a-b closes over the chain bonds and the ring bonds
+        ``closed`` before it: the chain path when that is short, else a search of the graph (as far
+        as ``ring_limit`` needs)."""
+        size = _tree_path(a, b, parents, depth) + 1
+        if size < self.ring_limit or not closed:
+            return size
+        seen, frontier = {a}, [a]
+        for step in range(1, self.ring_limit - 1):  # bonds from a
+            grown = []
+            for x in frontier:
+                for y in _neighbours(x, parents, closed):
+                    if y not in seen:
+                        if y == b:
+                            return step + 1
+                        seen.add(y)
+                        grown.append(y)
+            frontier = grown
+        return size
+
     # ------------------------------------------------------------------ molecules
     def molecule(self, w: Written) -> tuple[Chem.Mol, bool]:
         """The RDKit molecule of a graph and whether it sanitised (if not, or if it has no atoms, it is
@@ -157,28 +177,6 @@ class MolAssembler:
             raise ValueError("this vocabulary has stereo, isotope or zero-capacity atom tokens; "
                              "decode it through SMILES (MoleculeDomain.decode does)")
         return [self.molecule(w) for w in self.written(tokens)]
-
-
-    def _ring(self, a: int, b: int, parents: list[int], depth: list[int], closed: list[tuple[int, int]]) -> int:
-        """Size of the smallest ring a new bond a-b closes over the chain bonds and the ring bonds
-        ``closed`` before it: the chain path when that is short, else a search of the graph (as far
-        as ``ring_limit`` needs)."""
-        size = _tree_path(a, b, parents, depth) + 1
-        if size < self.ring_limit or not closed:
-            return size
-        near = {a: 0}
-        frontier = [a]
-        for step in range(1, self.ring_limit - 1):
-            grown = []
-            for x in frontier:
-                for y in _neighbours(x, parents, closed):
-                    if y not in near:
-                        if y == b:
-                            return step + 1
-                        near[y] = step
-                        grown.append(y)
-            frontier = grown
-        return size
 
 
 def _neighbours(x: int, parents: list[int], closed: list[tuple[int, int]]) -> list[int]:
