@@ -5,6 +5,7 @@ import random
 import pytest
 import selfies as sf
 import torch
+import torch.nn.functional as F
 from rdkit import Chem
 
 from design.config import ModelConfig
@@ -205,14 +206,17 @@ def test_teacher_forced_features_are_the_samplers(valence):
         tokens = torch.randint(1, len(vocab), (4, 9))
         with torch.no_grad():
             expected = head.logits({"h": h}, tokens)
-            d = grammar.start(4, 13)
-            state = head._begin(h, d.features(valence))
-            steps = []
-            for t in range(tokens.shape[1]):
-                steps.append(head._step_logits(state))
-                d.step(tokens[:, t])
-                head._feed(state, tokens[:, t], d.features(valence))
-        assert torch.allclose(torch.stack(steps, 1), expected, atol=1e-5), decoder
+        for soft in (False, True):  # hard token indices (sampling) and one-hot floats (the autograd sampler)
+            with torch.no_grad():
+                d = grammar.start(4, 13)
+                state = head._begin(h, head._features(d))
+                steps = []
+                for t in range(tokens.shape[1]):
+                    steps.append(head._step_logits(state))
+                    d.step(tokens[:, t])
+                    fed = F.one_hot(tokens[:, t], len(vocab)).float() if soft else tokens[:, t]
+                    head._feed(state, fed, head._features(d))
+            assert torch.allclose(torch.stack(steps, 1), expected, atol=1e-5), (decoder, soft)
 
 
 def test_dropping_finished_rows_keeps_the_others_state(corpus):

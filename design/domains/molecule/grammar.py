@@ -330,30 +330,45 @@ class Derivation:
         innermost branch's remaining symbols (none, 1, ..., 7, 8+) and the branch depth (0, 1, 2,
         3+); with ``valence`` then, per index value 0-11, the partner atom's free valence (one-hot 0,
         1, 2, 3+; all zero where there is no partner) and whether it has a double or triple bond,
-        and whether the current atom has one."""
+        and whether the current atom has one. The ones of :meth:`feature_index`."""
+        index = self.feature_index(valence)
+        width = n_features(valence)
+        dense = torch.zeros(len(index), width + 1, device=index.device).scatter_(1, index, 1.0)
+        return dense[:, :width]
+
+    def feature_index(self, valence: bool = False) -> torch.Tensor:
+        """[B, K] long: the columns of :meth:`features` that are 1, one per group (K = 17, or 42 with
+        ``valence``); ``n_features(valence)`` where a group has none. A decoder sums its input weights'
+        rows at these indices instead of multiplying the mostly-zero features."""
+        off = n_features(valence)
         sizes = self.ring_sizes()[:, :RING_QS]
+        qs = torch.arange(RING_QS, device=sizes.device)
         bins = torch.where(sizes == 0, torch.zeros_like(sizes), (sizes - 1).clamp(min=1, max=_SIZE_BINS - 1))
         state = torch.where(self.ended, torch.zeros_like(self.state), self.state.clamp(max=4))
         top = (self.depth - 1).clamp(min=0)
         left = torch.where(self.depth > 0, self.left.gather(1, top[:, None]).squeeze(1).clamp(min=1, max=8),
                            torch.zeros_like(self.depth))
+        reading = torch.stack([(self.pend_left > 0) & (self.pend_kind == k) for k in (BRANCH, RING)], dim=1)
+        at = RING_QS * _SIZE_BINS  # 96: state, 101: reading, 103: branch budget, 112: depth
         parts = [
-            torch.nn.functional.one_hot(bins, _SIZE_BINS).flatten(1),
-            torch.nn.functional.one_hot(state, 5),
-            torch.stack([(self.pend_left > 0) & (self.pend_kind == k) for k in (BRANCH, RING)], dim=1).long(),
-            torch.nn.functional.one_hot(left, 9),
-            torch.nn.functional.one_hot(self.depth.clamp(max=3), 4),
+            qs * _SIZE_BINS + bins,
+            (at + state)[:, None],
+            torch.where(reading, at + 5 + torch.arange(2, device=sizes.device), off),
+            (at + 7 + left)[:, None],
+            (at + 16 + self.depth.clamp(max=3))[:, None],
         ]
         if valence:
             partner, valid = self._partners()
             partner, valid = partner[:, :RING_QS], valid[:, :RING_QS]
             free = self.free.gather(1, partner).clamp(0, _FREE_BINS - 1)
+            at = N_FEATURES  # 116: partner's free valence, 164: partner's multiple bond, 176: the current atom's
+            multi = self.multi.gather(1, self.cur[:, None]).squeeze(1) & (self.n > 0)
             parts += [
-                (torch.nn.functional.one_hot(free, _FREE_BINS) * valid[..., None]).flatten(1),
-                (self.multi.gather(1, partner) & valid).long(),
-                (self.multi.gather(1, self.cur[:, None]).squeeze(1) & (self.n > 0)).long()[:, None],
+                torch.where(valid, at + qs * _FREE_BINS + free, off),
+                torch.where(self.multi.gather(1, partner) & valid, at + RING_QS * _FREE_BINS + qs, off),
+                torch.where(multi, off - 1, off)[:, None],
             ]
-        return self._wanted(torch.cat(parts, dim=1).float())
+        return self._wanted(torch.cat(parts, dim=1))
 
     def forbidden(self) -> torch.Tensor | None:
         """[B, V] True for the tokens that, read as the pending one-index ring token's size index,
