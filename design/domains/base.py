@@ -164,6 +164,11 @@ class Domain(ABC):
             )
         return batch
 
+    def training_tensors(self, tensors: Any, model: nn.Module) -> Any:
+        """The training set's tensors with what ``model`` reads of every sample in every epoch worked
+        out once (molecules: the decoder's teacher-forced derivation features). Identity by default."""
+        return tensors
+
     # -- physics and checks
     @abstractmethod
     def build_penalty(self) -> nn.Module:

@@ -13,6 +13,7 @@ from design import load_generator
 from design.api import MoleculeCandidate
 from design.domains import build_domain
 from design.metrics import molecule as mm
+from design.models import build_model
 from design.training.trainer import Trainer
 
 from testkit import MOLECULES_TEST, tiny_molecule_config
@@ -167,6 +168,32 @@ def test_fewer_adversarial_samples_than_the_batch(tmp_path, monkeypatch):
     # an option at its default stays out of the generator key: older generators keep their keys
     assert "adv_samples" not in tiny_molecule_config().generator_part()["train"]
     assert cfg.generator_part()["train"]["adv_samples"] == 16
+
+
+def test_training_reads_teacher_features_worked_out_once(tmp_path):
+    """The trainer's tensors carry the decoder's teacher-forced derivation features (uint8 indices,
+    through subsets), and the likelihood read from them is the one derived batch by batch."""
+    cfg = tiny_molecule_config()
+    domain = build_domain(cfg)
+    ds = domain.load_dataset(cfg.data.train, list(cfg.data.properties), cfg.data.limit)
+    trainer = Trainer(cfg, domain, ds, tmp_path)
+    trainer._setup()
+    cached = trainer.tensors_all
+    assert cached.features is not None and cached.features.dtype == torch.uint8
+    assert cached.features.shape[:2] == cached.tokens.shape
+    idx = torch.arange(5, 45)
+    part, plain = cached.subset(idx), ds.tensors.subset(idx)
+    assert plain.features is None and torch.equal(part.tokens, plain.tokens)
+    head = trainer.model.generator.head
+    raw = {"h": torch.randn(len(idx), cfg.model.hidden)}
+    with torch.no_grad():
+        assert torch.equal(head.logits(raw, plain.tokens, part.features), head.logits(raw, plain.tokens))
+        a, b = head.reconstruction_loss(raw, part)["tokens"], head.reconstruction_loss(raw, plain)["tokens"]
+    assert float(a) == pytest.approx(float(b), rel=1e-6)
+    # a decoder that reads no features gets the tensors unchanged
+    bare = tiny_molecule_config(model={"grammar_features": False, "grammar_valence": False})
+    model = build_model(bare, domain, domain.fit_state(ds))
+    assert domain.training_tensors(ds.tensors, model) is ds.tensors
 
 
 def test_realism_critic_learns_without_steering_the_generator(tmp_path):

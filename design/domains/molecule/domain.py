@@ -170,6 +170,11 @@ class MoleculeDomain(Domain):
     def equivalent(self, a: Any, b: Any) -> bool:
         return True  # same canonical SMILES (same bucket) is the same molecule
 
+    def training_tensors(self, t: MoleculeTensors, model: torch.nn.Module) -> MoleculeTensors:
+        """With the decoder's teacher-forced derivation features (``model.grammar_features``), derived
+        once instead of in every batch of every epoch."""
+        return model.generator.head.with_teacher_features(t)
+
     def monitor_keys(self, t: MoleculeTensors) -> list[str]:
         return [",".join(map(str, row)) for row in t.tokens.cpu().tolist()]
 

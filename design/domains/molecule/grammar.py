@@ -98,13 +98,25 @@ class SelfiesGrammar:
     def run(self, tokens: torch.Tensor, valence: bool = False) -> torch.Tensor:
         """[B, T, n_features(valence)] features before each position of hard token rows [B, T]
         (teacher forcing: position t sees the derivation of tokens 0 .. t - 1)."""
+        return dense_features(self.run_index(tokens, valence), valence)
+
+    def run_index(self, tokens: torch.Tensor, valence: bool = False) -> torch.Tensor:
+        """[B, T, K] the same as ``Derivation.feature_index`` (the ones' columns)."""
         d = self.start(tokens.shape[0], tokens.shape[1], tokens.device)
         out = []
         for t in range(tokens.shape[1]):
-            out.append(d.features(valence))
+            out.append(d.feature_index(valence))
             if t + 1 < tokens.shape[1]:
                 d.step(tokens[:, t])
         return torch.stack(out, dim=1)
+
+
+def dense_features(index: torch.Tensor, valence: bool = False) -> torch.Tensor:
+    """[..., n_features(valence)] float features from their ``Derivation.feature_index`` [..., K]
+    (any integer dtype; the index n_features(valence) marks a group without a one)."""
+    width = n_features(valence)
+    dense = torch.zeros(*index.shape[:-1], width + 1, device=index.device)
+    return dense.scatter_(-1, index.long(), 1.0)[..., :width]
 
 
 class Derivation:
@@ -331,10 +343,7 @@ class Derivation:
         3+); with ``valence`` then, per index value 0-11, the partner atom's free valence (one-hot 0,
         1, 2, 3+; all zero where there is no partner) and whether it has a double or triple bond,
         and whether the current atom has one. The ones of :meth:`feature_index`."""
-        index = self.feature_index(valence)
-        width = n_features(valence)
-        dense = torch.zeros(len(index), width + 1, device=index.device).scatter_(1, index, 1.0)
-        return dense[:, :width]
+        return dense_features(self.feature_index(valence), valence)
 
     def feature_index(self, valence: bool = False) -> torch.Tensor:
         """[B, K] long: the columns of :meth:`features` that are 1, one per group (K = 17, or 42 with

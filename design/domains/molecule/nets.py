@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from design.config import ModelConfig
-from design.domains.molecule.grammar import Derivation, SelfiesGrammar, n_features
+from design.domains.molecule.grammar import Derivation, SelfiesGrammar, dense_features, n_features
 from design.domains.molecule.tokens import MoleculeBatch, MoleculeTensors
 from design.models.discrete import gumbel, gumbel_index, straight_through
 
@@ -96,9 +96,24 @@ class _TokenHead(nn.Module):
     def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"h": h}
 
-    def logits(self, raw: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced next-token logits [B, T', V] for the first T' positions of ``tokens`` [B, T']."""
+    def logits(self, raw: dict[str, torch.Tensor], tokens: torch.Tensor,
+               features: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher-forced next-token logits [B, T', V] for the first T' positions of ``tokens`` [B, T']
+        (``features``: their derivation features' indices [B, T', K] when worked out before, else
+        derived here)."""
         raise NotImplementedError
+
+    def with_teacher_features(self, t: MoleculeTensors, chunk: int = 4096) -> MoleculeTensors:
+        """``t`` with its teacher-forced derivation features worked out once (``t.features``, uint8
+        indices), so training epochs read them instead of deriving every batch again; ``t`` itself
+        when the decoder reads no features."""
+        if not self.grammar_features:
+            return t
+        if n_features(self.grammar_valence) > 255:
+            raise ValueError("derivation feature indices above 255 do not fit the uint8 cache")
+        parts = [self.grammar.run_index(t.tokens[i : i + chunk], self.grammar_valence).to(torch.uint8)
+                 for i in range(0, len(t), chunk)]
+        return MoleculeTensors(t.tokens, t.vocab, torch.cat(parts))
 
     def reconstruction_loss(self, raw: dict[str, torch.Tensor], t: MoleculeTensors) -> dict[str, torch.Tensor]:
         """``tokens``: negative log-likelihood of each molecule's tokens and its end token,
@@ -113,7 +128,7 @@ class _TokenHead(nn.Module):
         same teacher-forced logits (straight-through Gumbel per position, one network pass)."""
         steps = int(t.lengths().max()) + 1  # through the first end token
         tokens = t.tokens[:, :steps]
-        logits = self.logits(raw, tokens)
+        logits = self.logits(raw, tokens, None if t.features is None else t.features[:, :steps])
         inside = torch.ones_like(tokens, dtype=torch.bool)
         inside[:, 1:] = tokens[:, :-1] != 0  # positions up to and including the end token
         nll = F.cross_entropy(logits.reshape(-1, self.vocab_size), tokens.reshape(-1), reduction="none")
@@ -200,12 +215,15 @@ class _TokenHead(nn.Module):
         (``embedding_bag``'s ``padding_idx`` measured 3x slower on CPU)."""
         return F.embedding_bag(index, rows, mode="sum")
 
-    def _teacher_features(self, tokens: torch.Tensor) -> torch.Tensor | None:
-        """[B, T, n_features] derivation features before each teacher-forcing position, or None."""
+    def _teacher_features(self, tokens: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor | None:
+        """[B, T, n_features] derivation features before each teacher-forcing position (from their
+        indices ``index`` when given), or None."""
         if not self.grammar_features:
             return None
         with torch.no_grad():
-            return self.grammar.run(tokens, self.grammar_valence)
+            if index is None:
+                index = self.grammar.run_index(tokens, self.grammar_valence)
+            return dense_features(index, self.grammar_valence)
 
     def _first_logits(self, logits: torch.Tensor, step: int) -> torch.Tensor:
         return logits.masked_fill(~self.first_allowed, float("-inf")) if step == 0 else logits
@@ -275,12 +293,13 @@ class TokenDecoderHead(_TokenHead):
     def _h0(self, h: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.init(h)).view(h.shape[0], self.layers, -1).transpose(0, 1).contiguous()
 
-    def logits(self, raw: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
+    def logits(self, raw: dict[str, torch.Tensor], tokens: torch.Tensor,
+               features: torch.Tensor | None = None) -> torch.Tensor:
         h = raw["h"]
         bsz, steps = tokens.shape
         prev = torch.cat([self.start.expand(bsz, 1, -1), self.embed[tokens[:, :-1]]], dim=1)
         parts = [prev, h[:, None].expand(bsz, steps, -1)]
-        feats = self._teacher_features(tokens)
+        feats = self._teacher_features(tokens, features)
         if feats is not None:
             parts.append(feats)
         out, _ = self.gru(torch.cat(parts, dim=2), self._h0(h))
@@ -367,12 +386,13 @@ class TokenTransformerHead(_TokenHead):
         self.norm = nn.LayerNorm(d)
         self.out = nn.Linear(d, vocab_size)
 
-    def logits(self, raw: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
+    def logits(self, raw: dict[str, torch.Tensor], tokens: torch.Tensor,
+               features: torch.Tensor | None = None) -> torch.Tensor:
         h = raw["h"]
         bsz, steps = tokens.shape
         prev = torch.cat([self.start.expand(bsz, 1, -1), self.embed[tokens[:, :-1]]], dim=1)
         x = prev + self.position[None, :steps] + self.cond(h)[:, None]
-        feats = self._teacher_features(tokens)
+        feats = self._teacher_features(tokens, features)
         if feats is not None:
             x = x + self.feature_in(feats)
         for block in self.blocks:

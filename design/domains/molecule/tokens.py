@@ -7,7 +7,8 @@ at its first 0 and every position after it is 0, so a tensor always has ``L + 1`
 Two forms:
 
 * :class:`MoleculeTensors` (storage, hard): ``tokens`` [N, L + 1] int64 vocabulary indices, and
-  the ``vocab`` they index.
+  the ``vocab`` they index; for training, optionally ``features``, the decoder's teacher-forced
+  derivation features worked out once (``_TokenHead.with_teacher_features``).
 * :class:`MoleculeBatch` (model input, soft): ``tokens`` [B, L + 1, V] token probabilities
   (one-hot for real molecules, straight-through Gumbel samples for generated ones).
 
@@ -111,15 +112,18 @@ class MoleculeTensors:
 
     tokens: torch.Tensor  # [N, L + 1] int64
     vocab: tuple[str, ...]  # SELFIES token of each index (index 0: the end token)
+    # [N, L + 1, K] uint8: ``Derivation.feature_index`` before each position (teacher forcing), or None
+    features: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
     def subset(self, idx: torch.Tensor | slice) -> MoleculeTensors:
-        return MoleculeTensors(self.tokens[idx], self.vocab)
+        return MoleculeTensors(self.tokens[idx], self.vocab, None if self.features is None else self.features[idx])
 
     def to(self, device: torch.device | str) -> MoleculeTensors:
-        return MoleculeTensors(self.tokens.to(device), self.vocab)
+        return MoleculeTensors(self.tokens.to(device), self.vocab,
+                               None if self.features is None else self.features.to(device))
 
     def lengths(self) -> torch.Tensor:
         """[N] number of tokens before the end token."""
