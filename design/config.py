@@ -123,6 +123,12 @@ class TrainConfig(_Section):
         False, description="with adv_weight 0: D's realism head still learns real vs generated (from "
         "adv_start_epoch), so rankings and scores get a trained critic, while G gets no adversarial gradient",
     )
+    critic_epochs: int | None = Field(
+        None, ge=1, description="with adv_weight 0 and realism_critic: the critic learns in this many epochs after "
+        "the generator's last, against the final generator (which is frozen then), its learning rate on a cosine "
+        "of its own; it sends G no gradient, so G's epochs need not pay for its samples. Default: alongside G "
+        "from adv_start_epoch",
+    )
     adv_prior: Literal["standard", "fitted"] = Field(
         "fitted", description="latent samples of the adversarial game: N(0, I) or last epoch's fitted prior"
     )
@@ -141,6 +147,10 @@ class TrainConfig(_Section):
     prop_weight: float = Field(1.0, ge=0, description="D's property head regression on real data")
     cond_weight: float = Field(0.02, ge=0, description="AC reward: G's samples should read as their condition c")
     penalty_weight: float = Field(10.0, ge=0, description="physics penalty on generated samples")
+    penalty_prior: bool = Field(
+        True, description="the penalty scores adv_samples prior samples G(z, c) as well as the soft reconstruction; "
+        "false: the reconstruction only, and a step with no adversarial or conditioning term decodes no prior samples",
+    )
     gp_weight: float = Field(10.0, ge=0, description="gradient penalty weight (wgan_gp)")
     label_smoothing: float = Field(0.1, ge=0, lt=0.5, description="one-sided: real targets are 1 - this")
     n_critic: int = Field(1, ge=1, description="discriminator steps per generator step")
@@ -167,6 +177,16 @@ class TrainConfig(_Section):
     fault_lr_factor: float = Field(0.5, gt=0, le=1, description="learning rates are multiplied by this after a fault")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all cores")
+
+    @model_validator(mode="after")
+    def _critic_after_training(self) -> TrainConfig:
+        if self.critic_epochs is not None and (self.adv_weight > 0 or not self.realism_critic):
+            raise ValueError(
+                f"train.critic_epochs={self.critic_epochs} trains a realism critic after the generator, which needs "
+                f"train.realism_critic: true and train.adv_weight: 0 (got {self.realism_critic}, {self.adv_weight}); "
+                "remove critic_epochs or set those"
+            )
+        return self
 
     @model_validator(mode="after")
     def _gradient_penalty_pairs(self) -> TrainConfig:
@@ -528,7 +548,7 @@ _RUN_CONTROL = ("threads", "collapse_uniqueness")
 # key, so existing generators keep their keys (and are reused)
 _LATER_DEFAULTS = {
     "train": {"adv_samples": None, "fm_relative": False, "lr_schedule": "constant", "lr_final": 0.05,
-              "realism_critic": False},
+              "realism_critic": False, "critic_epochs": None, "penalty_prior": True},
     "data": {"property_table": None},
     "model": {"site_count": False, "decoder": "gru", "grammar_features": False, "grammar_valence": False},
 }

@@ -10,7 +10,11 @@ Per batch of real samples x with standardised properties y:
 
 ``train.adv_samples`` sets how many prior samples G(z, c) a step decodes; with ``adv_weight`` 0 and
 ``train.realism_critic`` the discriminator still learns real vs generated (a critic for rankings)
-while the generator's loss has no adversarial term. ``train.lr_schedule: cosine`` decays both
+while the generator's loss has no adversarial term, from ``adv_start_epoch`` or, with
+``train.critic_epochs``, in that many epochs after the generator's last (the generator frozen, the
+critic's learning rate on a cosine of its own). With ``train.penalty_prior`` false the penalty
+scores the soft reconstruction only, so a step without adversarial or conditioning terms decodes
+no prior samples for the generator. ``train.lr_schedule: cosine`` decays both
 learning rates step by step to ``train.lr_final`` of their base.
 
 Every epoch refits the sampling prior (a Gaussian over the training set's posterior means, see
@@ -259,9 +263,10 @@ class Trainer:
                     fm = fm / d_real.features.pow(2).sum(1).mean().clamp(min=1e-6)
                 loss = loss + tc.fm_weight * fm
                 out["fm"] = float(fm.detach())
-            zp, cp = self._prior(y)
-            fake = self._sample(m.generator(zp, cp))
             cond_on = tc.cond_weight > 0 and epoch >= tc.adv_start_epoch
+            if adv_on or cond_on or tc.penalty_prior:
+                zp, cp = self._prior(y)
+                fake = self._sample(m.generator(zp, cp))
             if adv_on or cond_on:
                 # measured: straight-through gradients from D into the discrete element choices
                 # wreck reconstruction; by default D's gradient shapes geometry only
@@ -279,7 +284,10 @@ class Trainer:
                     g_prop = F.mse_loss(d_fake.properties, cp)
                     loss = loss + tc.cond_weight * g_prop
                     out["g_prop"] = float(g_prop.detach())
-            pen = 0.5 * (self.penalty(fake).mean() + self.penalty(x_rec).mean())
+            if tc.penalty_prior:
+                pen = 0.5 * (self.penalty(fake).mean() + self.penalty(x_rec).mean())
+            else:
+                pen = self.penalty(x_rec).mean()
             out["penalty"] = float(pen.detach())
             if tc.penalty_weight > 0:
                 loss = loss + tc.penalty_weight * pen
@@ -390,25 +398,31 @@ class Trainer:
         start, history = self._try_resume()
         n = len(self.train_data)
         bs = min(tc.batch_size, n)
-        for epoch in range(start, tc.epochs):
+        total = tc.epochs + (tc.critic_epochs or 0)
+        for epoch in range(start, total):
             te, ce = time.time(), time.process_time()
-            adv_on = tc.adv_weight > 0 and epoch >= tc.adv_start_epoch
+            # after the generator's epochs: the critic's own (``train.critic_epochs``), G frozen
+            critic_only = epoch >= tc.epochs
+            adv_on = not critic_only and tc.adv_weight > 0 and epoch >= tc.adv_start_epoch
             # D learns real vs generated in the game, or as a critic only (no gradient to G)
-            critic_on = adv_on or (tc.realism_critic and epoch >= tc.adv_start_epoch)
+            critic_on = adv_on or critic_only or (
+                tc.realism_critic and tc.critic_epochs is None and epoch >= tc.adv_start_epoch)
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
             sums: dict[str, float] = defaultdict(float)
             steps = 0
             good = self._snapshot()
             per_epoch = n // bs
+            first, epochs = (tc.epochs, total - tc.epochs) if critic_only else (0, tc.epochs)
             for step, i in enumerate(range(0, n - bs + 1, bs)):
                 if tc.lr_schedule != "constant":
-                    self._set_lr((epoch * per_epoch + step) / max(tc.epochs * per_epoch - 1, 1))
+                    self._set_lr(((epoch - first) * per_epoch + step) / max(epochs * per_epoch - 1, 1))
                 idx = perm[i : i + bs].to(self.device)
                 t = self.tensors_all.subset(idx)
                 y = self.ystd_all[idx]
                 real = self.domain.real_batch(t)
                 parts = self._d_step(real, y, critic_on) if (critic_on or tc.prop_weight > 0) else {}
-                parts.update(self._g_step(t, real, y, epoch, adv_on))
+                if not critic_only:
+                    parts.update(self._g_step(t, real, y, epoch, adv_on))
                 if parts.get("skipped_steps"):
                     self._recover(good, epoch)
                     sums["skipped_steps"] += parts["skipped_steps"]
@@ -419,9 +433,11 @@ class Trainer:
             row = {k: v / max(steps, 1) for k, v in sums.items() if k != "skipped_steps"}
             row["skipped_steps"] = sums.get("skipped_steps", 0.0)
             row["faults"] = float(self.faults)
-            row["lr_g"] = self.opt_g.param_groups[0]["lr"]
-            self.last_means = self.latent_means()
-            self.prior = GaussianPrior.fit(self.last_means)
+            row["lr_d"] = self.opt_d.param_groups[0]["lr"]
+            if not critic_only:  # a frozen generator keeps its rate (moot) and its prior
+                row["lr_g"] = self.opt_g.param_groups[0]["lr"]
+                self.last_means = self.latent_means()
+                self.prior = GaussianPrior.fit(self.last_means)
             row.update(self.monitors())
             row["collapse_warning"] = float(row["mon_unique"] < tc.collapse_uniqueness)
             if row["collapse_warning"]:
@@ -434,7 +450,7 @@ class Trainer:
             rec = "  ".join(f"{k}={v:.3f}" for k, v in row.items() if k.startswith("rec_"))
             log.info(
                 "epoch %d/%d  %s  kl=%.2f penalty=%.3f unique=%.2f valid=%.2f gap=%.2f (%.1fs)",
-                epoch + 1, tc.epochs, rec, row.get("kl", 0), row.get("penalty", 0), row["mon_unique"],
+                epoch + 1, total, rec, row.get("kl", 0), row.get("penalty", 0), row["mon_unique"],
                 row["mon_valid"], row["mon_realism_gap"], row["time_s"],
             )
             resume = self.payload(epoch + 1, history, False, with_optim=True)
@@ -442,7 +458,7 @@ class Trainer:
             resume["cpu_s"] = self.cpu_before + time.process_time() - c0
             save_checkpoint(self.workdir / RESUME_NAME, resume)
         wall = self.wall_before + time.time() - t0  # an interrupted run counts all its sessions
-        final = self.payload(tc.epochs, history, True, with_optim=False)
+        final = self.payload(total, history, True, with_optim=False)
         final["train_info"]["wall_s"] = wall
         # CPU time of this process (all its threads), which other jobs on the machine do not inflate
         final["train_info"]["cpu_s"] = self.cpu_before + time.process_time() - c0

@@ -212,6 +212,46 @@ def test_realism_critic_learns_without_steering_the_generator(tmp_path):
     assert "realism_critic" not in tiny_molecule_config().generator_part()["train"]
 
 
+def test_critic_after_the_generator_and_a_reconstruction_only_penalty(tmp_path, monkeypatch):
+    """``train.critic_epochs``: the critic learns in its own epochs after the generator's, the
+    generator frozen, its learning rate on a cosine of its own; ``train.penalty_prior`` false: the
+    penalty scores the soft reconstruction only, so a VAE step decodes no prior samples."""
+    cfg = tiny_molecule_config(train={"epochs": 2, "adv_start_epoch": 0, "adv_weight": 0.0, "realism_critic": True,
+                                      "critic_epochs": 1, "penalty_prior": False, "adv_samples": 16,
+                                      "monitor_samples": 8, "fm_weight": 0.0, "cond_weight": 0.0,
+                                      "lr_schedule": "cosine"})
+    domain = build_domain(cfg)
+    ds = domain.load_dataset(cfg.data.train, list(cfg.data.properties), cfg.data.limit)
+    sizes = []
+    original = Trainer._sample
+
+    def sample(self, raw):
+        sizes.append((len(raw["h"]), torch.is_grad_enabled(), self.opt_d.param_groups[0]["lr"]))
+        return original(self, raw)
+
+    monkeypatch.setattr(Trainer, "_sample", sample)
+    result = Trainer(cfg, domain, ds, tmp_path).run()
+    hist = result.history
+    assert [row["epoch"] for row in hist] == [1, 2, 3]
+    assert [("d_adv" in row) for row in hist] == [False, False, True]
+    assert [("rec_tokens" in row) for row in hist] == [True, True, False]  # G frozen in the critic's epoch
+    assert all(np.isfinite(row["penalty"]) and row["penalty"] >= 0 for row in hist[:2])
+    steps = len(ds) // cfg.train.batch_size
+    assert not [n for n, grad, _ in sizes if grad]  # no autograd sampling at all
+    critic = [lr for n, grad, lr in sizes if not grad and n == 16]
+    assert len(critic) == steps  # the critic's samples, in its epoch only
+    # the critic's rate starts again from the base and ends, as G's did, at the cosine's end
+    assert critic[0] == pytest.approx(cfg.train.lr_d) and critic[-1] < critic[0]
+    assert hist[2]["lr_d"] == pytest.approx(hist[1]["lr_d"]) == pytest.approx(cfg.train.lr_d * cfg.train.lr_final)
+    blob = torch.load(result.checkpoint, weights_only=True)
+    assert blob["epoch"] == 3 and blob["complete"]
+    part = cfg.generator_part()["train"]
+    assert part["critic_epochs"] == 1 and part["penalty_prior"] is False
+    assert not {"critic_epochs", "penalty_prior"} & set(tiny_molecule_config().generator_part()["train"])
+    with pytest.raises(ValueError, match="critic_epochs"):
+        tiny_molecule_config(train={"critic_epochs": 1, "realism_critic": False})
+
+
 def test_finetuning_moves_the_generator_toward_its_objects(trained, tmp_path):
     """Fine-tuning on a few molecules (design/training/finetune.py) lowers their likelihood loss, keeps
     the checkpoint loadable with its history, records the step, and makes the molecules likelier."""
