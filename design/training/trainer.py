@@ -412,10 +412,11 @@ class Trainer:
             steps = 0
             good = self._snapshot()
             per_epoch = n // bs
-            first, epochs = (tc.epochs, total - tc.epochs) if critic_only else (0, tc.epochs)
+            # the cosine runs over G's epochs, and again over the critic's own
+            phase_start, phase_epochs = (tc.epochs, total - tc.epochs) if critic_only else (0, tc.epochs)
             for step, i in enumerate(range(0, n - bs + 1, bs)):
                 if tc.lr_schedule != "constant":
-                    self._set_lr(((epoch - first) * per_epoch + step) / max(epochs * per_epoch - 1, 1))
+                    self._set_lr(((epoch - phase_start) * per_epoch + step) / max(phase_epochs * per_epoch - 1, 1))
                 idx = perm[i : i + bs].to(self.device)
                 t = self.tensors_all.subset(idx)
                 y = self.ystd_all[idx]
