@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from rdkit import Chem
 
 from design.config import ModelConfig
+from design.domains.molecule.assemble import MolAssembler
 from design.domains.molecule.chemistry import MAX_RING_SIZE
 from design.domains.molecule.grammar import N_FEATURES, N_VALENCE_FEATURES, RING_QS, SelfiesGrammar
 from design.domains.molecule.nets import TokenDecoderHead, TokenTransformerHead
@@ -189,6 +190,32 @@ def test_constrained_sampling_never_writes_a_ring_token_macrocycle(corpus, decod
     free, ruled = closures(False), closures(True)
     assert sum(s >= MAX_RING_SIZE for s in free) >= 10
     assert ruled and all(s < MAX_RING_SIZE for s in ruled)
+
+
+@pytest.mark.parametrize("features", [False, True])
+def test_the_samplers_graphs_are_the_assemblers(corpus, features, monkeypatch):
+    """The graphs a hard sampler hands on with its batch (``MoleculeBatch.graph``; rows dropped as
+    they end, rows cut at max_tokens) are those the assembler derives from the tokens alone."""
+    _, vocab, grammar = corpus
+    torch.manual_seed(0)
+    cfg = ModelConfig(latent_dim=8, hidden=32, site_dim=16, decoder_layers=1, grammar_features=features)
+    head = TokenDecoderHead(cfg, len(vocab), 40, grammar=grammar)
+    with torch.no_grad():
+        for tok, bias in (("[C]", 2.0), ("[Ring1]", 1.5), ("[Branch1]", 1.0), ("[end]", -1.5)):
+            head.out.bias[vocab.index[tok]] += bias
+        batch = head.sample({"h": torch.randn(500, 32)}, temperature=1.5, generator=torch.Generator().manual_seed(2),
+                            constrained=True)
+    t = batch.to_tensors(vocab.tokens)
+    lengths = t.lengths()
+    assert (lengths == 40).sum() >= 10 and (lengths < 20).sum() >= 10
+    assert torch.equal(t.tokens, batch.tokens.argmax(-1))  # the lazy one-hot is the same rows
+    fresh = MolAssembler(vocab.tokens).written(t.tokens)
+    handed = MolAssembler(vocab.tokens)
+    handed.remember(t.tokens, batch.graph)
+    monkeypatch.setattr(handed, "_derive", lambda tokens: pytest.fail("derived again"))
+    for a, b in zip(handed.written(t.tokens), fresh, strict=True):
+        assert (a.atoms, sorted(a.bonds), a.ring_sizes) == (b.atoms, sorted(b.bonds), b.ring_sizes)
+    assert sum(len(w.ring_sizes) > 0 for w in fresh) >= 50
 
 
 @pytest.mark.parametrize("valence", [False, True])

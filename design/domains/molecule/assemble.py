@@ -77,15 +77,22 @@ class MolAssembler:
         """The graph of each row of hard tokens [N, T] (rows end at their first end token). Graphs are
         kept by row (up to ``CACHE``, then the cache starts over): sampling screens a batch for the
         ring rule and decoding then reads the same rows."""
-        tokens = tokens.cpu()
-        keys = [row.tobytes() for row in tokens.numpy()]
+        keys = _keys(tokens)
         missing = [i for i, k in enumerate(keys) if k not in self._cache]
         if missing:
-            if len(self._cache) + len(missing) > CACHE:
-                self._cache.clear()
-            for k, w in zip([keys[i] for i in missing], self._derive(tokens[missing]), strict=True):
-                self._cache[k] = w
+            self._keep([keys[i] for i in missing], self._derive(tokens.cpu()[missing]))
         return [self._cache[k] for k in keys]
+
+    def remember(self, tokens: torch.Tensor, graph: dict[str, torch.Tensor]) -> None:
+        """Keep the graphs of rows [N, T] that a derivation already followed (``Derivation.graph``
+        of a sampler's, whose rows have all read their end token), so :meth:`written` need not
+        derive them again."""
+        self._keep(_keys(tokens), self._form_graph({k: v.cpu() for k, v in graph.items()}))
+
+    def _keep(self, keys: list[bytes], graphs: list[Written]) -> None:
+        if len(self._cache) + len(keys) > CACHE:
+            self._cache.clear()
+        self._cache.update(zip(keys, graphs, strict=True))
 
     def _derive(self, tokens: torch.Tensor) -> list[Written]:
         out: list[Written] = []
@@ -96,11 +103,16 @@ class MolAssembler:
                 d.step(part[:, t])
                 if bool(d.finished.all()):
                     break
-            atoms, rings = int(d.n.max()), int(d.n_rings.max())  # only what was written is read back
-            out += [self._form(*row) for row in zip(d.n.tolist(), d.atom_tok[:, :atoms].tolist(),
-                                                    d.parent[:, :atoms].tolist(), d.parent_order[:, :atoms].tolist(),
-                                                    d.n_rings.tolist(), d.rings[:, :rings].tolist(), strict=True)]
+            out += self._form_graph(d.graph())
         return out
+
+    def _form_graph(self, g: dict[str, torch.Tensor]) -> list[Written]:
+        if not len(g["n"]):
+            return []
+        atoms, rings = int(g["n"].max()), int(g["n_rings"].max())  # only what was written is read back
+        return [self._form(*row) for row in zip(g["n"].tolist(), g["atom_tok"][:, :atoms].tolist(),
+                                                g["parent"][:, :atoms].tolist(), g["parent_order"][:, :atoms].tolist(),
+                                                g["n_rings"].tolist(), g["rings"][:, :rings].tolist(), strict=True)]
 
     def _form(self, n: int, toks: list[int], parents: list[int], orders: list[int], n_rings: int,
               rings: list[list[int]]) -> Written:
@@ -177,6 +189,10 @@ class MolAssembler:
             raise ValueError("this vocabulary has stereo, isotope or zero-capacity atom tokens; "
                              "decode it through SMILES (MoleculeDomain.decode does)")
         return [self.molecule(w) for w in self.written(tokens)]
+
+
+def _keys(tokens: torch.Tensor) -> list[bytes]:
+    return [row.tobytes() for row in tokens.cpu().numpy()]
 
 
 def _neighbours(x: int, parents: list[int], closed: list[tuple[int, int]]) -> list[int]:

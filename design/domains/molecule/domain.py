@@ -137,7 +137,13 @@ class MoleculeDomain(Domain):
         return MoleculeBatch(a * real.tokens + (1 - a) * fake.tokens)
 
     def batch_to_tensors(self, batch: MoleculeBatch) -> MoleculeTensors:
-        return batch.to_tensors(self._vocab())
+        """Hard tensors of a batch; a sampler's graphs of its rows are kept for :meth:`decode`."""
+        t = batch.to_tensors(self._vocab())
+        if batch.graph is not None:
+            assembler = self._assembler(t.vocab)
+            if assembler.supported:
+                assembler.remember(t.tokens, batch.graph)
+        return t
 
     def decoding_rules(self, t: MoleculeTensors, settings: GenerateConfig | None = None) -> MoleculeTensors:
         """Open rings of 8 or more atoms that far-reaching ring tokens wrote (``decoding.py``)."""

@@ -162,6 +162,8 @@ class Derivation:
         self.pend_order = torch.zeros(rows, **long)
         self.pend_q = torch.zeros(rows, **long)
         self.active = torch.arange(rows, device=device)  # the caller's rows among the rows kept here
+        self.origin = torch.arange(rows, device=device)  # each kept row's index among the rows started with
+        self._dropped: list[dict[str, torch.Tensor]] = []  # the graphs of rows compacted away (``graph``)
 
     # ------------------------------------------------------------------ reading
     def step(self, tok: torch.Tensor) -> None:
@@ -312,10 +314,27 @@ class Derivation:
         self.active = self.active[rows]
         if len(self.active) < len(self.n) // 2:
             keep = self.active
+            gone = torch.ones(len(self.n), dtype=torch.bool, device=keep.device).index_fill_(0, keep, False)
+            self._dropped.append(self._graph_rows(gone))
             for name, value in list(vars(self).items()):
                 if torch.is_tensor(value) and name != "active":
                     setattr(self, name, value[keep])
             self.active = torch.arange(len(keep), device=keep.device)
+
+    _GRAPH = ("origin", "n", "atom_tok", "parent", "parent_order", "n_rings", "rings")
+
+    def _graph_rows(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {k: getattr(self, k)[rows] for k in self._GRAPH}
+
+    def graph(self) -> dict[str, torch.Tensor]:
+        """The molecule as written in every row this derivation was started with, dropped ones
+        included, in their first order: ``n`` [B] atoms, ``atom_tok``, ``parent``, ``parent_order``
+        [B, max_atoms], ``n_rings`` [B] and ``rings`` [B, max_atoms // 2 + 1, 3] (``assemble.py``
+        forms the bonds). Complete once each row has read its end token."""
+        parts = self._dropped + [self._graph_rows(slice(None))]
+        out = {k: torch.cat([p[k] for p in parts]) for k in self._GRAPH}
+        order = out.pop("origin").argsort()
+        return {k: v[order] for k, v in out.items()}
 
     def _wanted(self, value: torch.Tensor) -> torch.Tensor:
         return value if len(self.active) == len(self.n) else value[self.active]

@@ -231,7 +231,8 @@ class _TokenHead(nn.Module):
     def _sample_hard(self, h: torch.Tensor, temperature: float, generator: torch.Generator | None,
                      constrained: bool = False) -> MoleculeBatch:
         """The same sampler without gradients: one-hot tokens; finished rows stop being computed
-        once fewer than ``compact_below`` of the batch's rows are alive."""
+        once fewer than ``compact_below`` of the batch's rows are alive. The derivation's graphs of
+        the rows go with the batch (``MoleculeBatch.graph``), for the decoder not to derive them again."""
         bsz = h.shape[0]
         tokens = torch.zeros(bsz, self.max_tokens + 1, dtype=torch.long, device=h.device)
         rows = torch.arange(bsz, device=h.device)
@@ -259,7 +260,11 @@ class _TokenHead(nn.Module):
                 if derivation is not None:
                     derivation.keep(going)
             self._feed(state, idx, self._features(derivation))
-        return MoleculeBatch(F.one_hot(tokens, self.vocab_size).to(h.dtype))
+        graph = None
+        if derivation is not None:  # each row reads its end token (the last may not have), then hands its graph on
+            derivation.step(torch.zeros(len(rows), dtype=torch.long, device=h.device))
+            graph = derivation.graph()
+        return MoleculeBatch.hard(tokens, self.vocab_size, h.dtype, graph)
 
     # hooks (``feats``: [B, K] ``feature_index`` of the next input's derivation features, or None)
     def _begin(self, h: torch.Tensor, feats: torch.Tensor | None) -> dict:
