@@ -164,10 +164,12 @@ class Derivation:
         self.active = torch.arange(rows, device=device)  # the caller's rows among the rows kept here
         self.origin = torch.arange(rows, device=device)  # each kept row's index among the rows started with
         self._dropped: list[dict[str, torch.Tensor]] = []  # the graphs of rows compacted away (``graph``)
+        self._sizes: torch.Tensor | None = None  # ``ring_sizes`` of the current state
 
     # ------------------------------------------------------------------ reading
     def step(self, tok: torch.Tensor) -> None:
         """Read token ``tok`` [B] (hard indices) in every row."""
+        self._sizes = None
         if len(self.active) < len(self.n):  # rows dropped but still kept here: they read end tokens
             tok = torch.zeros_like(self.n).index_copy_(0, self.active, tok)
         tab = self.tables
@@ -316,6 +318,7 @@ class Derivation:
             keep = self.active
             gone = torch.ones(len(self.n), dtype=torch.bool, device=keep.device).index_fill_(0, keep, False)
             self._dropped.append(self._graph_rows(gone))
+            self._sizes = None
             for name, value in list(vars(self).items()):
                 if torch.is_tensor(value) and name != "active":
                     setattr(self, name, value[keep])
@@ -342,11 +345,14 @@ class Derivation:
     # ------------------------------------------------------------------ views
     def ring_sizes(self) -> torch.Tensor:
         """[B, 16] size of the ring each index value would close now (0: none; 2: the atoms are
-        already bonded; ``_FAR`` + 1: not connected)."""
-        partner, valid = self._partners()
-        size = self.dist.gather(1, self.cur[:, None, None].expand(-1, 1, self.dist.shape[2])).squeeze(1)
-        size = size.gather(1, partner).long() + 1
-        return torch.where(valid, size, torch.zeros_like(size))
+        already bonded; ``_FAR`` + 1: not connected). Kept until the next token or ``keep``: a
+        sampler's step reads them for the features and again for the mask."""
+        if self._sizes is None:
+            partner, valid = self._partners()
+            size = self.dist.gather(1, self.cur[:, None, None].expand(-1, 1, self.dist.shape[2])).squeeze(1)
+            size = size.gather(1, partner).long() + 1
+            self._sizes = torch.where(valid, size, torch.zeros_like(size))
+        return self._sizes
 
     def _partners(self) -> tuple[torch.Tensor, torch.Tensor]:
         """[B, 16] the atom each index value would close a ring to, and whether that is a ring
