@@ -129,6 +129,11 @@ class TrainConfig(_Section):
         "of its own; it sends G no gradient, so G's epochs need not pay for its samples. Default: alongside G "
         "from adv_start_epoch",
     )
+    d_after_generator: bool = Field(
+        False, description="with critic_epochs: the discriminator, its property heads included, learns only in "
+        "the critic's epochs (none of its steps in the generator's, where they cost a fifth of a step); "
+        "its property heads then learn from a fresh learning-rate cosine over those epochs",
+    )
     adv_prior: Literal["standard", "fitted"] = Field(
         "fitted", description="latent samples of the adversarial game: N(0, I) or last epoch's fitted prior"
     )
@@ -185,6 +190,11 @@ class TrainConfig(_Section):
                 f"train.critic_epochs={self.critic_epochs} trains a realism critic after the generator, which needs "
                 f"train.realism_critic: true and train.adv_weight: 0 (got {self.realism_critic}, {self.adv_weight}); "
                 "remove critic_epochs or set those"
+            )
+        if self.d_after_generator and self.critic_epochs is None:
+            raise ValueError(
+                "train.d_after_generator: true trains the discriminator only in the critic's epochs after the "
+                "generator's, and train.critic_epochs is not set; set critic_epochs (e.g. 2) or remove d_after_generator"
             )
         return self
 
@@ -548,7 +558,8 @@ _RUN_CONTROL = ("threads", "collapse_uniqueness")
 # key, so existing generators keep their keys (and are reused)
 _LATER_DEFAULTS = {
     "train": {"adv_samples": None, "fm_relative": False, "lr_schedule": "constant", "lr_final": 0.05,
-              "realism_critic": False, "critic_epochs": None, "penalty_prior": True},
+              "realism_critic": False, "critic_epochs": None, "penalty_prior": True,
+              "d_after_generator": False},
     "data": {"property_table": None},
     "model": {"site_count": False, "decoder": "gru", "grammar_features": False, "grammar_valence": False},
 }

@@ -421,7 +421,8 @@ class Trainer:
                 t = self.tensors_all.subset(idx)
                 y = self.ystd_all[idx]
                 real = self.domain.real_batch(t)
-                parts = self._d_step(real, y, critic_on) if (critic_on or tc.prop_weight > 0) else {}
+                d_on = critic_on or (tc.prop_weight > 0 and not tc.d_after_generator)
+                parts = self._d_step(real, y, critic_on) if d_on else {}
                 if not critic_only:
                     parts.update(self._g_step(t, real, y, epoch, adv_on))
                 if parts.get("skipped_steps"):

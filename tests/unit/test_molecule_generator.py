@@ -252,6 +252,28 @@ def test_critic_after_the_generator_and_a_reconstruction_only_penalty(tmp_path, 
         tiny_molecule_config(train={"critic_epochs": 1, "realism_critic": False})
 
 
+def test_discriminator_only_after_the_generator(tmp_path):
+    """``train.d_after_generator``: no discriminator step in the generator's epochs (its property heads
+    included), all of them in the critic's; refused without critic_epochs; part of the generator key."""
+    train = {"epochs": 2, "adv_start_epoch": 0, "adv_weight": 0.0, "realism_critic": True, "critic_epochs": 1,
+             "penalty_prior": False, "adv_samples": 16, "monitor_samples": 8, "fm_weight": 0.0, "cond_weight": 0.0}
+    cfg = tiny_molecule_config(train={**train, "d_after_generator": True})
+    domain = build_domain(cfg)
+    ds = domain.load_dataset(cfg.data.train, list(cfg.data.properties), cfg.data.limit)
+    trainer = Trainer(cfg, domain, ds, tmp_path)
+    calls = []
+    original = trainer._d_step
+    trainer._d_step = lambda real, y, realism: calls.append(realism) or original(real, y, realism)
+    hist = trainer.run().history
+    assert [("d_prop" in row) for row in hist] == [False, False, True]
+    assert [("rec_tokens" in row) for row in hist] == [True, True, False]
+    assert calls == [True] * (len(ds) // cfg.train.batch_size)  # the critic's epoch only
+    assert cfg.generator_part()["train"]["d_after_generator"] is True
+    assert "d_after_generator" not in tiny_molecule_config(train=train).generator_part()["train"]
+    with pytest.raises(ValueError, match="d_after_generator"):
+        tiny_molecule_config(train={**train, "critic_epochs": None, "d_after_generator": True})
+
+
 def test_finetuning_moves_the_generator_toward_its_objects(trained, tmp_path):
     """Fine-tuning on a few molecules (design/training/finetune.py) lowers their likelihood loss, keeps
     the checkpoint loadable with its history, records the step, and makes the molecules likelier."""
