@@ -12,10 +12,11 @@ Per batch of real samples x with standardised properties y:
 ``train.realism_critic`` the discriminator still learns real vs generated (a critic for rankings)
 while the generator's loss has no adversarial term, from ``adv_start_epoch`` or, with
 ``train.critic_epochs``, in that many epochs after the generator's last (the generator frozen, the
-critic's learning rate on a cosine of its own). With ``train.penalty_prior`` false the penalty
-scores the soft reconstruction only, so a step without adversarial or conditioning terms decodes
-no prior samples for the generator. ``train.lr_schedule: cosine`` decays both
-learning rates step by step to ``train.lr_final`` of their base.
+critic's learning rate on a cosine of its own; with ``train.d_after_generator`` the discriminator,
+property heads included, learns only there: G's epochs take no discriminator step). With
+``train.penalty_prior`` false the penalty scores the soft reconstruction only, so a step without
+adversarial or conditioning terms decodes no prior samples for the generator.
+``train.lr_schedule: cosine`` decays both learning rates step by step to ``train.lr_final`` of their base.
 
 Every epoch refits the sampling prior (a Gaussian over the training set's posterior means, see
 ``design/models/latent_prior.py``), appends a history row (mean losses, monitors on a fixed
