@@ -408,6 +408,7 @@ class Trainer:
             # D learns real vs generated in the game, or as a critic only (no gradient to G)
             critic_on = adv_on or critic_only or (
                 tc.realism_critic and tc.critic_epochs is None and epoch >= tc.adv_start_epoch)
+            d_on = critic_on or (tc.prop_weight > 0 and not tc.d_after_generator)
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
             sums: dict[str, float] = defaultdict(float)
             steps = 0
@@ -422,7 +423,6 @@ class Trainer:
                 t = self.tensors_all.subset(idx)
                 y = self.ystd_all[idx]
                 real = self.domain.real_batch(t)
-                d_on = critic_on or (tc.prop_weight > 0 and not tc.d_after_generator)
                 parts = self._d_step(real, y, critic_on) if d_on else {}
                 if not critic_only:
                     parts.update(self._g_step(t, real, y, epoch, adv_on))

@@ -142,8 +142,7 @@ class MoleculeBatch:
 
     def __init__(self, tokens: torch.Tensor):
         self._tokens: torch.Tensor | None = tokens
-        self._index: torch.Tensor | None = None
-        self._vocab_size, self._dtype = tokens.shape[-1], tokens.dtype
+        self._index: torch.Tensor | None = None  # set by ``hard``, with ``_vocab_size`` and ``_dtype``
         self.graph: dict[str, torch.Tensor] | None = None
 
     @classmethod
