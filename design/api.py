@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from design.config import RunConfig, config_from_dict
@@ -29,8 +31,9 @@ from design.domains import build_domain
 from design.domains.base import Candidate, Domain
 from design.models import VAEGAN, build_model
 from design.models.latent_prior import GaussianPrior, MixturePrior
+from design.parallel import can_fork, forked_imap, usable_cpus
 from design.training.checkpoint import CheckpointError, checkpoint_config, load_checkpoint
-from design.utils import resolve_device
+from design.utils import cyclic_gc_paused, resolve_device
 
 
 class CrystalCandidate(Candidate):
@@ -73,10 +76,12 @@ _CANDIDATE_TYPES = {"crystal": CrystalCandidate, "molecule": MoleculeCandidate}
 
 @dataclass
 class GeneratedBatch:
-    """Tensors of one generated batch plus per-sample scores (all on CPU)."""
+    """Tensors of one generated batch plus per-sample scores (all on CPU) and, when sampled with
+    ``decode``, the decoded objects."""
 
     tensors: Any
     scores: dict[str, torch.Tensor]
+    objects: list | None = None
 
 
 TARGET_MARGIN_SIGMA = 3.0  # how far beyond the training range (in training std) a target may reach
@@ -283,42 +288,88 @@ class Generator:
         score: bool = True,
         constrained: bool | None = None,
         prior: GaussianPrior | MixturePrior | None = None,
+        decode: bool = False,
+        workers: int | None = None,
     ) -> GeneratedBatch:
         """Sample ``n`` tensors (one generator call per batch) and, with ``score``, their scores
         (see :meth:`score`); without it ``scores`` is empty, which is faster when only the
-        structures are wanted. ``constrained`` overrides ``generate.constrained_decoding``.
+        structures are wanted; with ``decode`` also the decoded objects. ``constrained`` overrides
+        ``generate.constrained_decoding``.
 
         Latent samples come from ``prior`` when given; else, with a ``target`` and
-        ``generate.prior_focus`` set, from :meth:`focused_prior`; else from the fitted prior."""
+        ``generate.prior_focus`` set, from :meth:`focused_prior`; else from the fitted prior.
+
+        Batch ``b`` draws from its own random stream, seeded by ``seed`` and ``b``, so the samples do
+        not depend on where the batches are drawn: on CPU with two or more batches, ``workers``
+        (default ``generate.sample_workers``) forked processes sample them side by side while this
+        one decodes what they return."""
         _check_count(n)
         temperature = self.config.generate.temperature if temperature is None else float(temperature)
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        if constrained is None:
-            constrained = self.config.generate.constrained_decoding
+        constrained = bool(self.config.generate.constrained_decoding if constrained is None else constrained)
         bs = batch_size or self.config.generate.batch_size
-        gen = torch.Generator(device=self.device).manual_seed(int(seed))
         if prior is None:
             prior = self.prior_for(target, self.config.generate.prior_focus)
-        parts = []
-        # with ``rules_beside_sampling`` the domain's rules on batch i run in a worker thread while the
-        # network samples batch i + 1 (torch releases the GIL in its kernels), else in turn; the rules
-        # are deterministic, so the result is the same either way
-        with ThreadPoolExecutor(max_workers=1) if self.domain.rules_beside_sampling else _InTurn() as rules:
-            for start in range(0, n, bs):
-                m = min(bs, n - start)
-                z = prior.sample(m, generator=gen)
-                c = self.condition(m, target, gen)
-                raw = self.model.generator(z, c)
-                batch = self.model.generator.head.sample(
-                    raw, tau=1.0, temperature=temperature, generator=gen, constrained=bool(constrained)
-                )
-                tensors = self.domain.batch_to_tensors(batch).to("cpu")
-                parts.append(rules.submit(self.domain.decoding_rules, tensors, self.config.generate) if constrained
-                             else rules.submit(_unchanged, tensors))
-            parts = [p.result() for p in parts]
-        tensors = parts[0] if len(parts) == 1 else _concat(parts)
-        return GeneratedBatch(tensors, self.score(tensors, bs) if score else {})
+        jobs = [(b, start, min(bs, n - start)) for b, start in enumerate(range(0, n, bs))]
+        workers = self.sample_workers(n, workers, bs)
+
+        def network(job: tuple[int, int, int]) -> Any:
+            gen = torch.Generator(device=self.device).manual_seed(batch_seed(seed, job[0]))
+            z = prior.sample(job[2], generator=gen)
+            c = self.condition(job[2], target, gen)
+            batch = self.model.generator.head.sample(self.model.generator(z, c), tau=1.0, temperature=temperature,
+                                                     generator=gen, constrained=constrained)
+            return self.domain.batch_to_tensors(batch).to("cpu")
+
+        def ruled(tensors: Any) -> Any:
+            return self.domain.decoding_rules(tensors, self.config.generate) if constrained else tensors
+
+        with cyclic_gc_paused():  # decoding keeps tens of thousands of new objects
+            if workers > 1:
+                def in_worker(job: tuple[int, int, int]) -> tuple[Any, dict[str, torch.Tensor], Any]:
+                    with torch.no_grad():  # a worker's grad mode is its own
+                        tensors = ruled(network(job))
+                        return tensors, self.score(tensors, bs) if score else {}, self.domain.decode_state(tensors)
+
+                parts, scores, objects = [], [], []
+                for tensors, part_scores, state in forked_imap(in_worker, jobs, workers,
+                                                               max(1, torch.get_num_threads() // workers)):
+                    self.domain.keep_decode_state(tensors, state)
+                    if decode:  # while the workers sample the next batches
+                        objects += self.domain.decode(tensors)
+                    parts.append(tensors)
+                    scores.append(part_scores)
+                tensors = _concat(parts)
+                return GeneratedBatch(tensors, {k: torch.cat([s[k] for s in scores]) for k in scores[0]},
+                                      objects if decode else None)
+            # here: with ``rules_beside_sampling`` the domain's rules on batch i run in a worker thread
+            # while the network samples batch i + 1 (torch releases the GIL in its kernels), else in turn;
+            # the rules are deterministic, so the result is the same either way
+            with ThreadPoolExecutor(max_workers=1) if self.domain.rules_beside_sampling else _InTurn() as rules:
+                parts = [rules.submit(ruled, network(job)) for job in jobs]
+                parts = [p.result() for p in parts]
+            tensors = _concat(parts)
+            return GeneratedBatch(tensors, self.score(tensors, bs) if score else {},
+                                  self.domain.decode(tensors) if decode else None)
+
+    def sample_workers(self, n: int, workers: int | None = None, batch_size: int | None = None) -> int:
+        """Processes :meth:`sample` draws ``n`` samples in (1: this one), given its ``workers``."""
+        batches = -(-n // (batch_size or self.config.generate.batch_size))
+        if workers is None:
+            workers = self.config.generate.sample_workers
+        if workers is None:
+            workers = usable_cpus() if self.device.type == "cpu" and can_fork() else 1
+        elif isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"sample workers must be an int >= 1 (or null for one per CPU), got {workers!r}")
+        workers = min(workers, batches)
+        if workers > 1 and self.device.type != "cpu":
+            raise ValueError(f"{workers} sample workers fork CPU processes, but the generator runs on {self.device}; "
+                             "set generate.sample_workers to 1 or null")
+        if workers > 1 and not can_fork():
+            raise ValueError(f"{workers} sample workers need processes started by fork (Linux), not available on "
+                             f"{sys.platform}; set generate.sample_workers to 1 or null")
+        return workers
 
     @torch.no_grad()
     def score(self, tensors: Any, batch_size: int | None = None) -> dict[str, torch.Tensor]:
@@ -339,7 +390,7 @@ class Generator:
 
     def candidates(self, batch: GeneratedBatch, id_prefix: str = "g", check: bool = True) -> list[Candidate]:
         cls = _CANDIDATE_TYPES.get(self.domain.name, Candidate)
-        objs = self.domain.decode(batch.tensors)
+        objs = batch.objects if batch.objects is not None else self.domain.decode(batch.tensors)
         checks = self.domain.check_many(objs) if check else [None] * len(objs)
         out = []
         for i, (obj, report) in enumerate(zip(objs, checks, strict=True)):
@@ -362,12 +413,13 @@ class Generator:
         """
         _check_count(n)
         if not valid_only:
-            return self.candidates(self.sample(n, seed, target, temperature), id_prefix=f"s{seed}-")
+            return self.candidates(self.sample(n, seed, target, temperature, decode=True), id_prefix=f"s{seed}-")
         found: list[Candidate] = []
         drawn = 0
         for attempt in range(max_tries):
             want = max(2 * (n - len(found)), 16)
-            cands = self.candidates(self.sample(want, seed + attempt * 1_000_003, target, temperature), f"s{seed}-")
+            cands = self.candidates(self.sample(want, seed + attempt * 1_000_003, target, temperature, decode=True),
+                                    f"s{seed}-")
             for c in cands:
                 if c.valid:
                     c.id = f"s{seed}-{len(found):06d}"
@@ -388,8 +440,9 @@ def _check_count(n: Any) -> None:
         raise ValueError(f"n must be a positive number of samples, got {n}")
 
 
-def _unchanged(tensors: Any) -> Any:
-    return tensors
+def batch_seed(seed: int, batch: int) -> int:
+    """The seed of batch ``batch``'s random stream in a call seeded ``seed`` (independent streams)."""
+    return int(np.random.SeedSequence([int(seed) % 2**64, batch]).generate_state(1)[0])
 
 
 class _InTurn:
@@ -410,6 +463,8 @@ class _InTurn:
 def _concat(parts: list) -> Any:
     """Row-wise concatenation of tensor containers; non-tensor fields (a vocabulary) come from the first."""
     first = parts[0]
+    if len(parts) == 1:
+        return first
     fields = {k: torch.cat([getattr(p, k) for p in parts]) if torch.is_tensor(v) else v for k, v in vars(first).items()}
     return type(first)(**fields)
 

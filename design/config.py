@@ -294,6 +294,12 @@ class GenerateConfig(_Section):
         "Gaussians around the feedback's encodings, each the fitted prior's shape scaled by this (a local search); "
         "null folds the feedback into the focused prior's single Gaussian",
     )
+    sample_workers: int | None = Field(
+        None, ge=1, description="CPU sampling: processes that sample batches side by side (forked, the torch "
+        "threads divided among them) while this one decodes what they return; null: one per usable CPU when "
+        "there are at least two batches and the platform forks (Linux), else 1; 1 samples here. Each batch has "
+        "its own seed, so the samples do not depend on this",
+    )
 
 
 class FilterConfig(_Section):

@@ -148,6 +148,16 @@ class Domain(ABC):
         default."""
         return tensors
 
+    def decode_state(self, tensors: Any) -> Any:
+        """What decoding sampled ``tensors`` needs that sampling them already worked out, for a sampler
+        in another process to hand on (picklable); None (the default): nothing."""
+        return None
+
+    def keep_decode_state(self, tensors: Any, state: Any) -> None:
+        """Take :meth:`decode_state` of ``tensors`` from another process, for :meth:`decode` to use
+        (nothing to take by default)."""
+        return None
+
     def detach_cell(self, batch: Any) -> Any:
         """The batch with its periodic cell cut from the autograd graph (identity for domains
         without one)."""
@@ -182,8 +192,11 @@ class Domain(ABC):
         charge neutrality and electronegativity; molecules, the MOSES-style filters)."""
 
     def check_many(self, objs: list) -> list:
-        """:meth:`check` of each object (domains may decide many at once faster)."""
-        return [self.check(o) for o in objs]
+        """:meth:`check` of each object (domains may decide many at once faster); many objects are
+        checked in forked processes (``parallel.map_forked``)."""
+        from design.parallel import map_forked
+
+        return map_forked(self.check, objs)
 
     @abstractmethod
     def fast_valid(self, tensors: Any) -> torch.Tensor:
@@ -213,6 +226,13 @@ class Domain(ABC):
     @abstractmethod
     def describe(self, obj: Any) -> dict[str, Any]:
         """Columns for the candidates table (formula, sizes, ...)."""
+
+    def describe_many(self, objs: list) -> list[dict[str, Any]]:
+        """:meth:`describe` of each object; many in forked processes (``parallel.map_forked``: the
+        molecule domain's QED and SA scores take milliseconds a molecule)."""
+        from design.parallel import map_forked
+
+        return map_forked(self.describe, objs)
 
     @abstractmethod
     def write(self, candidates: list[Candidate], directory: Path) -> list[Path]:

@@ -23,11 +23,11 @@ TEXT_COLUMN = "structure"
 
 def to_table(candidates: list[Candidate], domain: Domain, round_index: int | None = None, text: bool = True) -> pd.DataFrame:
     rows = []
-    for c in candidates:
+    for c, described in zip(candidates, domain.describe_many([c.obj for c in candidates]), strict=True):
         row: dict = {"id": c.id}
         if round_index is not None:
             row["round"] = round_index
-        row.update(domain.describe(c.obj))
+        row.update(described)
         for k, v in c.scores.items():
             row[k] = bool(v) if k in ("unique", "novel") else v
         if c.check is not None:

@@ -20,6 +20,17 @@ def test_same_seed_same_structures(gen):
     assert [x.structure.as_dict() for x in a] != [x.structure.as_dict() for x in c]
 
 
+def test_sample_workers_change_nothing(gen):
+    """Crystal batches sampled in forked worker processes are the batches sampled here."""
+    here = gen.sample(40, seed=2, batch_size=8, workers=1, decode=True)
+    forked = gen.sample(40, seed=2, batch_size=8, workers=2, decode=True)
+    for name, value in vars(here.tensors).items():
+        if torch.is_tensor(value):
+            assert torch.allclose(value.float(), getattr(forked.tensors, name).float(), atol=1e-5), name
+    assert [s.composition for s in here.objects] == [s.composition for s in forked.objects]
+    assert gen.sample_workers(40, None, 8) >= 1 and gen.sample_workers(40, 1, 8) == 1
+
+
 def test_candidates_carry_structure_ase_and_scores(gen):
     cands = gen.generate(5, seed=0)
     assert len(cands) == 5

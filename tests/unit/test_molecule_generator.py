@@ -64,6 +64,35 @@ def test_candidates_are_rdkit_molecules_with_scores(gen):
     assert len(gen.sample(2500, seed=0, batch_size=1024).tensors) == 2500  # several batches joined
 
 
+def test_sample_workers_change_nothing(gen, monkeypatch):
+    """Batches sampled in forked worker processes (which hand their graphs on, so this process
+    decodes without deriving the rows again) are the batches sampled here: same tokens, scores and
+    molecules; each batch has its own seeded stream, so a call's first batch does not depend on how
+    many follow."""
+    from design.domains.molecule.assemble import MolAssembler
+
+    here = gen.sample(700, seed=6, batch_size=128, workers=1, decode=True)
+    taken, derived = [], []
+    keep, derive = type(gen.domain).keep_decode_state, MolAssembler._derive
+    monkeypatch.setattr(type(gen.domain), "keep_decode_state", lambda self, t, s: taken.append(s) or keep(self, t, s))
+    monkeypatch.setattr(MolAssembler, "_derive", lambda self, t: derived.append(len(t)) or derive(self, t))
+    gen.domain._assembled = None  # nothing kept from the first call
+    forked = gen.sample(700, seed=6, batch_size=128, workers=3, decode=True)
+    assert len(taken) == 6 and sum(len(s) for s in taken) == 700  # six batches came from the workers
+    assert derived == []  # in this process
+    assert torch.equal(here.tensors.tokens, forked.tensors.tokens)
+    assert here.scores.keys() == forked.scores.keys()
+    for k in here.scores:  # the workers' products run on fewer threads: equal up to round-off
+        assert torch.allclose(here.scores[k], forked.scores[k], rtol=1e-5, atol=1e-5), k
+    assert [Chem.MolToSmiles(m) for m in here.objects] == [Chem.MolToSmiles(m) for m in forked.objects]
+    assert [m.GetIntProp("invdes_sanitized") for m in forked.objects] == [1] * 700
+    first = gen.sample(128, seed=6, batch_size=128, score=False, workers=1)
+    assert torch.equal(first.tensors.tokens, here.tensors.tokens[:128])
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="sample workers must be an int"):
+            gen.sample(300, seed=6, batch_size=128, workers=bad)
+
+
 def test_decoding_rules_beside_sampling_or_in_turn_change_nothing(gen, monkeypatch):
     """The rules run on each batch either in a worker thread while the next batch is sampled or in
     turn (the molecule domain's choice): the same molecules, constrained unlike the raw ones, with

@@ -89,6 +89,12 @@ class MolAssembler:
         derive them again."""
         self._keep(_keys(tokens), self._form_graph({k: v.cpu() for k, v in graph.items()}))
 
+    def keep(self, tokens: torch.Tensor, graphs: list[Written]) -> None:
+        """Keep the graphs of rows [N, T] formed elsewhere (another process's :meth:`written`)."""
+        if len(graphs) != len(tokens):
+            raise ValueError(f"{len(graphs)} graphs for {len(tokens)} rows")
+        self._keep(_keys(tokens), graphs)
+
     def _keep(self, keys: list[bytes], graphs: list[Written]) -> None:
         if len(self._cache) + len(keys) > CACHE:
             self._cache.clear()

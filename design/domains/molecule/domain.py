@@ -145,6 +145,15 @@ class MoleculeDomain(Domain):
                 assembler.remember(t.tokens, batch.graph)
         return t
 
+    def decode_state(self, t: MoleculeTensors) -> list | None:
+        """The rows' graphs (``assemble.Written``), kept from sampling and the ring rule."""
+        assembler = self._assembler(t.vocab)
+        return assembler.written(t.tokens) if assembler.supported else None
+
+    def keep_decode_state(self, t: MoleculeTensors, state: list | None) -> None:
+        if state is not None:
+            self._assembler(t.vocab).keep(t.tokens, state)
+
     def decoding_rules(self, t: MoleculeTensors, settings: GenerateConfig | None = None) -> MoleculeTensors:
         """Open rings of 8 or more atoms that far-reaching ring tokens wrote (``decoding.py``)."""
         from design.domains.molecule.decoding import open_large_rings
