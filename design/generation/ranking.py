@@ -56,9 +56,19 @@ def pareto_front(table: pd.DataFrame, objectives: dict[str, str]) -> np.ndarray:
         v = v if goal == "minimize" else -v
         cols.append(np.where(np.isnan(v), np.inf, v))
     x = np.stack(cols, axis=1)  # [N, K], lower is better
-    le = (x[None, :, :] <= x[:, None, :]).all(2)  # le[i, j]: row j at least as good as row i everywhere
-    lt = (x[None, :, :] < x[:, None, :]).any(2)
-    return ~(le & lt).any(1)
+    # a row's dominators come before it in lexicographic order, and a dominated dominator's own
+    # dominator on the front dominates the row too: so, in that order, a row is on the front unless
+    # a row already on it dominates it (time N x front size, not the N x N comparison's memory)
+    front = np.zeros(len(x), dtype=bool)
+    kept = np.empty_like(x)
+    n_kept = 0
+    for i in np.lexsort(x.T[::-1]):
+        f = kept[:n_kept]
+        if not ((f <= x[i]).all(1) & (f < x[i]).any(1)).any():
+            front[i] = True
+            kept[n_kept] = x[i]
+            n_kept += 1
+    return front
 
 
 def rank_table(table: pd.DataFrame, cfg: RankConfig, target: dict[str, float] | None = None) -> pd.DataFrame:

@@ -1,3 +1,4 @@
+import numpy as np
 import pandas as pd
 import pytest
 from pymatgen.core import Lattice, Structure
@@ -125,6 +126,24 @@ def test_pareto_front_hand_computed():
     assert pareto_front(t, {"x": "minimize", "y": "maximize"}).tolist() == [True, False, True, False, False]
     # minimise both: (1,3), (2,2), (3,1) are a trade-off front; NaN is worst in either sense
     assert pareto_front(t, {"x": "minimize", "y": "minimize"}).tolist() == [True, True, True, True, False]
+
+
+def test_pareto_front_is_the_pairwise_definition():
+    """On random tables with ties, repeated rows and NaN: the rows no other row dominates, as the
+    N x N comparison finds them."""
+    from design.generation.ranking import pareto_front
+
+    rng = np.random.default_rng(0)
+    for trial in range(30):
+        n, k = int(rng.integers(1, 300)), int(rng.integers(1, 5))
+        x = rng.integers(0, 6, size=(n, k)).astype(float)  # few values: many ties and repeats
+        x[rng.random((n, k)) < 0.05] = np.nan
+        goals = {f"c{j}": ("minimize" if rng.random() < 0.5 else "maximize") for j in range(k)}
+        t = pd.DataFrame(x, columns=list(goals))
+        low = np.stack([np.where(np.isnan(x[:, j]), np.inf, x[:, j] if g == "minimize" else -x[:, j])
+                        for j, g in enumerate(goals.values())], axis=1)
+        dominated = ((low[None] <= low[:, None]).all(2) & (low[None] < low[:, None]).any(2)).any(1)
+        assert pareto_front(t, goals).tolist() == (~dominated).tolist(), trial
 
 
 def test_contains_filter_is_by_element():
