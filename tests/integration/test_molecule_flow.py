@@ -25,6 +25,7 @@ def campaign(prefect_harness, tmp_path_factory):
 def test_campaign_outputs(campaign):
     s, cfg, out = campaign["summary"], campaign["cfg"], Path(campaign["summary"]["out_dir"])
     assert len(s["rounds"]) == cfg.generate.rounds
+    assert cfg.generate.n_per_round > cfg.generate.batch_size  # several batches: forked sample workers in the flow
     for r in s["rounds"]:
         assert r["generated"] == cfg.generate.n_per_round
         assert 0 < r["novel"] <= r["unique"] <= r["valid"] <= r["generated"]
