@@ -24,9 +24,17 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity where the platform says, else the CPU count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def default_workers(n_items: int, min_items: int = 1000, cap: int = 8) -> int:
     """Processes worth starting for ``n_items`` (one below ``min_items``: the pool's start-up dominates)."""
-    return min(os.cpu_count() or 1, cap) if n_items >= min_items else 1
+    return min(usable_cpus(), cap) if n_items >= min_items else 1
 
 
 def chunked_map(
@@ -75,14 +83,6 @@ def can_fork() -> bool:
     return sys.platform.startswith("linux") and "fork" in mp.get_all_start_methods()
 
 
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity where the platform says, else the CPU count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def _start_worker(threads: int) -> None:
     import torch
 
@@ -123,11 +123,11 @@ def forked_imap(fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int, thr
 
 
 def map_forked(fn: Callable[[Any], Any], items: Sequence[Any], min_items: int = 1000) -> list[Any]:
-    """``[fn(item) for item in items]``, in chunks in forked processes (one per usable CPU) when
+    """``[fn(item) for item in items]``, in chunks in forked processes (``default_workers``) when
     there are at least ``min_items`` and the platform forks, else here. The workers inherit
     ``items``; only the results come back, so they must pickle."""
-    workers = usable_cpus()
-    if len(items) < min_items or workers < 2 or not can_fork():
+    workers = default_workers(len(items), min_items)
+    if workers < 2 or not can_fork():
         return [fn(item) for item in items]
     step = -(-len(items) // (4 * workers))  # a few chunks a worker, so they finish together
 
