@@ -134,6 +134,11 @@ class TrainConfig(_Section):
         "the critic's epochs (none of its steps in the generator's, about 12% of their CPU time in the molecule "
         "default); its property heads then learn from a fresh learning-rate cosine over those epochs only",
     )
+    precision: Literal["fp32", "bf16", "auto"] = Field(
+        "fp32", description="the training steps' forward passes: fp32, or autocast to bfloat16 (weights, optimiser "
+        "state and the loss reductions stay float32); auto: bf16 where the device computes it natively (a CPU "
+        "with AMX or AVX512-BF16, a CUDA GPU with bf16), else fp32. Sampling always runs in float32",
+    )
     adv_prior: Literal["standard", "fitted"] = Field(
         "fitted", description="latent samples of the adversarial game: N(0, I) or last epoch's fitted prior"
     )
@@ -565,7 +570,7 @@ _RUN_CONTROL = ("threads", "collapse_uniqueness")
 _LATER_DEFAULTS = {
     "train": {"adv_samples": None, "fm_relative": False, "lr_schedule": "constant", "lr_final": 0.05,
               "realism_critic": False, "critic_epochs": None, "penalty_prior": True,
-              "d_after_generator": False},
+              "d_after_generator": False, "precision": "fp32"},
     "data": {"property_table": None},
     "model": {"site_count": False, "decoder": "gru", "grammar_features": False, "grammar_valence": False},
 }

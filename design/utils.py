@@ -51,6 +51,29 @@ def resolve_device(name: str = "auto") -> torch.device:
     return dev
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` has bfloat16 matrix units (a CPU with AMX or AVX512-BF16, a CUDA GPU with
+    bf16 support), where autocast to bf16 runs faster rather than emulated."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        cpu = torch.cpu
+        checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+        return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+    return False
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``train.precision`` on ``device`` (None: float32 throughout)."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto":
+        return torch.bfloat16 if native_bf16(device) else None
+    raise ValueError(f"train.precision {precision!r} is not one of fp32, bf16, auto")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.

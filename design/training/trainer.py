@@ -17,6 +17,9 @@ property heads included, learns only there: G's epochs take no discriminator ste
 ``train.penalty_prior`` false the penalty scores the soft reconstruction only, so a step without
 adversarial or conditioning terms decodes no prior samples for the generator.
 ``train.lr_schedule: cosine`` decays both learning rates step by step to ``train.lr_final`` of their base.
+``train.precision`` bf16 (or auto, where the device has bf16 units) runs the steps' forward passes under
+autocast to bfloat16; weights, optimiser state and backward stay float32, and prior samples (the
+critic's, the monitors') are drawn in float32, as the generator API draws them.
 
 Every epoch refits the sampling prior (a Gaussian over the training set's posterior means, see
 ``design/models/latent_prior.py``), appends a history row (mean losses, monitors on a fixed
@@ -34,6 +37,7 @@ history metric ``collapse_warning`` = 1.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -52,7 +56,7 @@ from design.models import VAEGAN, build_model
 from design.models.latent_prior import GaussianPrior
 from design.training.checkpoint import load_checkpoint, save_checkpoint
 from design.training.losses import gaussian_kl, get_loss
-from design.utils import resolve_device, seed_everything
+from design.utils import autocast_dtype, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +84,14 @@ class Trainer:
         self.workdir = Path(workdir)
         self.device = resolve_device(config.train.device)
         self.gan = get_loss(config.train.gan_loss)
+        self.autocast = autocast_dtype(config.train.precision, self.device)
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
         cfg = self.config
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
+        log.info("training steps in %s on %s (train.precision: %s)", self.precision, self.device, cfg.train.precision)
         seed_everything(cfg.seed)
         self.state = self.domain.fit_state(self.train_data)
         y = self.train_data.y
@@ -131,6 +137,7 @@ class Trainer:
                 "n_train": len(self.train_data),
                 "skipped_rows": dict(self.train_data.skipped),
                 "device": str(self.device),
+                "precision": self.precision,
                 "torch": str(torch.__version__),
             },
         }
@@ -161,6 +168,23 @@ class Trainer:
         return int(blob["epoch"]), list(blob["history"])
 
     # ------------------------------------------------------------------ steps
+    @property
+    def precision(self) -> str:
+        """What the training steps compute in: ``bf16`` (autocast) or ``fp32``."""
+        return "fp32" if self.autocast is None else "bf16"
+
+    def _forward(self):
+        """The context of a step's forward pass: autocast to ``train.precision``'s dtype, or none."""
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast)
+
+    def _full_precision(self):
+        """Inside :meth:`_forward`: back to float32 (prior samples are drawn as the generator API draws them)."""
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, enabled=False)
+
     def _prior(self, y: torch.Tensor):
         """Latent samples for the adversarial game, conditioning and penalty, and the conditions they
         are decoded with (drawn from the batch's): ``train.adv_samples`` of them, at most the batch."""
@@ -194,22 +218,23 @@ class Trainer:
         D = self.model.discriminator
         out: dict[str, float] = {}
         for _ in range(tc.n_critic):
-            d_real = D(real)
-            loss = tc.prop_weight * F.mse_loss(d_real.properties, y)
-            out["d_prop"] = float(loss.detach()) / max(tc.prop_weight, 1e-12)
-            if realism:
-                with torch.no_grad():
-                    z, c = self._prior(y)
-                    fake = self._sample(self.model.generator(z, c)).detach()
-                d_fake = D(self._augment(fake))
-                real_realism = D(self._augment(real)).realism if self._augmenting else d_real.realism
-                adv = self.gan.d_loss(real_realism, d_fake.realism, tc.label_smoothing)
-                loss = loss + adv
-                out["d_adv"] = float(adv.detach())
-                if self.gan.needs_gradient_penalty:
-                    gp = self._gradient_penalty(real, fake)
-                    loss = loss + tc.gp_weight * gp
-                    out["d_gp"] = float(gp.detach())
+            with self._forward():
+                d_real = D(real)
+                loss = tc.prop_weight * F.mse_loss(d_real.properties.float(), y)
+                out["d_prop"] = float(loss.detach()) / max(tc.prop_weight, 1e-12)
+                if realism:
+                    with torch.no_grad(), self._full_precision():
+                        z, c = self._prior(y)
+                        fake = self._sample(self.model.generator(z, c)).detach()
+                    d_fake = D(self._augment(fake))
+                    real_realism = D(self._augment(real)).realism if self._augmenting else d_real.realism
+                    adv = self.gan.d_loss(real_realism.float(), d_fake.realism.float(), tc.label_smoothing)
+                    loss = loss + adv
+                    out["d_adv"] = float(adv.detach())
+                    if self.gan.needs_gradient_penalty:
+                        gp = self._gradient_penalty(real, fake)
+                        loss = loss + tc.gp_weight * gp
+                        out["d_gp"] = float(gp.detach())
             if not torch.isfinite(loss):
                 out["skipped_steps"] = out.get("skipped_steps", 0) + 1
                 continue
@@ -236,63 +261,11 @@ class Trainer:
 
     def _g_step(self, t, real, y, epoch: int, adv_on: bool) -> dict[str, float]:
         tc = self.config.train
-        m = self.model
-        D = m.discriminator
+        D = self.model.discriminator
         D.requires_grad_(False)
         try:
-            mu, logvar = m.encoder(t)
-            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-            raw = m.generator(z, y)
-            head = m.generator.head
-            if hasattr(head, "reconstruct"):  # likelihood and soft reconstruction from one pass
-                rec, x_rec = head.reconstruct(raw, t, tau=tc.gumbel_tau)
-            else:
-                rec, x_rec = head.reconstruction_loss(raw, t), None
-            kl = gaussian_kl(mu, logvar)
-            warm = min(1.0, (epoch + 1) / tc.kl_warmup_epochs) if tc.kl_warmup_epochs else 1.0
-            loss = sum(rec.values()) + tc.beta_kl * warm * kl
-            if x_rec is None:
-                x_rec = self._sample(raw)
-            out = {f"rec_{k}": float(v.detach()) for k, v in rec.items()}
-            out["kl"] = float(kl.detach())
-            with torch.no_grad():
-                d_real = D(real)
-            through_d = self._through_d
-            if tc.fm_weight > 0:
-                fm = (D(through_d(x_rec)).features - d_real.features).pow(2).sum(1).mean()
-                if tc.fm_relative:  # in units of the real features' mean square: D's scale cannot inflate it
-                    fm = fm / d_real.features.pow(2).sum(1).mean().clamp(min=1e-6)
-                loss = loss + tc.fm_weight * fm
-                out["fm"] = float(fm.detach())
-            cond_on = tc.cond_weight > 0 and epoch >= tc.adv_start_epoch
-            if adv_on or cond_on or tc.penalty_prior:
-                zp, cp = self._prior(y)
-                fake = self._sample(m.generator(zp, cp))
-            if adv_on or cond_on:
-                # measured: straight-through gradients from D into the discrete element choices
-                # wreck reconstruction; by default D's gradient shapes geometry only
-                d_fake = D(self._augment(through_d(fake)))
-                if adv_on:
-                    if self._augmenting:
-                        with torch.no_grad():
-                            real_realism = D(self._augment(real)).realism
-                    else:
-                        real_realism = d_real.realism
-                    g_adv = self.gan.g_loss(d_fake.realism, real_realism)
-                    loss = loss + tc.adv_weight * g_adv
-                    out["g_adv"] = float(g_adv.detach())
-                if cond_on:
-                    g_prop = F.mse_loss(d_fake.properties, cp)
-                    loss = loss + tc.cond_weight * g_prop
-                    out["g_prop"] = float(g_prop.detach())
-            if tc.penalty_prior:
-                pen = 0.5 * (self.penalty(fake).mean() + self.penalty(x_rec).mean())
-            else:
-                pen = self.penalty(x_rec).mean()
-            out["penalty"] = float(pen.detach())
-            if tc.penalty_weight > 0:
-                loss = loss + tc.penalty_weight * pen
-            out["g_total"] = float(loss.detach())
+            with self._forward():
+                loss, out = self._g_loss(t, real, y, epoch, adv_on)
             if not torch.isfinite(loss):
                 out["skipped_steps"] = 1
                 return out
@@ -308,6 +281,67 @@ class Trainer:
             return out
         finally:
             D.requires_grad_(True)
+
+    def _g_loss(self, t, real, y, epoch: int, adv_on: bool) -> tuple[torch.Tensor, dict[str, float]]:
+        """The encoder/generator loss of a batch (D frozen) and its parts as numbers."""
+        tc = self.config.train
+        m = self.model
+        D = m.discriminator
+        mu, logvar = (v.float() for v in m.encoder(t))  # the latent and its KL in float32 under autocast
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        raw = m.generator(z, y)
+        head = m.generator.head
+        if hasattr(head, "reconstruct"):  # likelihood and soft reconstruction from one pass
+            rec, x_rec = head.reconstruct(raw, t, tau=tc.gumbel_tau)
+        else:
+            rec, x_rec = head.reconstruction_loss(raw, t), None
+        kl = gaussian_kl(mu, logvar)
+        warm = min(1.0, (epoch + 1) / tc.kl_warmup_epochs) if tc.kl_warmup_epochs else 1.0
+        loss = sum(rec.values()) + tc.beta_kl * warm * kl
+        if x_rec is None:
+            x_rec = self._sample(raw)
+        out = {f"rec_{k}": float(v.detach()) for k, v in rec.items()}
+        out["kl"] = float(kl.detach())
+        with torch.no_grad():
+            d_real = D(real)
+        through_d = self._through_d
+        if tc.fm_weight > 0:
+            fm = (D(through_d(x_rec)).features - d_real.features).pow(2).sum(1).mean()
+            if tc.fm_relative:  # in units of the real features' mean square: D's scale cannot inflate it
+                fm = fm / d_real.features.pow(2).sum(1).mean().clamp(min=1e-6)
+            loss = loss + tc.fm_weight * fm
+            out["fm"] = float(fm.detach())
+        cond_on = tc.cond_weight > 0 and epoch >= tc.adv_start_epoch
+        if adv_on or cond_on or tc.penalty_prior:
+            zp, cp = self._prior(y)
+            fake = self._sample(m.generator(zp, cp))
+        if adv_on or cond_on:
+            # measured: straight-through gradients from D into the discrete element choices
+            # wreck reconstruction; by default D's gradient shapes geometry only
+            d_fake = D(self._augment(through_d(fake)))
+            if adv_on:
+                if self._augmenting:
+                    with torch.no_grad():
+                        real_realism = D(self._augment(real)).realism
+                else:
+                    real_realism = d_real.realism
+                g_adv = self.gan.g_loss(d_fake.realism, real_realism)
+                loss = loss + tc.adv_weight * g_adv
+                out["g_adv"] = float(g_adv.detach())
+            if cond_on:
+                g_prop = F.mse_loss(d_fake.properties, cp)
+                loss = loss + tc.cond_weight * g_prop
+                out["g_prop"] = float(g_prop.detach())
+        if tc.penalty_prior:
+            pen = 0.5 * (self.penalty(fake).mean() + self.penalty(x_rec).mean())
+        else:
+            pen = self.penalty(x_rec).mean()
+        pen = pen.float()
+        out["penalty"] = float(pen.detach())
+        if tc.penalty_weight > 0:
+            loss = loss + tc.penalty_weight * pen
+        out["g_total"] = float(loss.detach())
+        return loss, out
 
     def _through_d(self, batch):
         """What of a generated batch D's gradients may shape (``train.d_species_grad``, ``d_cell_grad``)."""

@@ -303,6 +303,61 @@ def test_discriminator_only_after_the_generator(tmp_path):
         tiny_molecule_config(train={**train, "critic_epochs": None, "d_after_generator": True})
 
 
+def test_bf16_training_steps(tmp_path, monkeypatch):
+    """``train.precision``: bf16 runs a step's forward passes under autocast (a step's loss within 1% of
+    float32's from the same weights on the same batch); weights stay float32, the critic's prior samples
+    are drawn in float32, the run records what it computed in, ``auto`` follows the device's bf16 units,
+    and the option joins the generator key only away from its default."""
+    from design import utils
+
+    train = {"epochs": 1, "adv_start_epoch": 0, "adv_weight": 0.0, "realism_critic": True, "critic_epochs": 1,
+             "penalty_prior": False, "adv_samples": 16, "monitor_samples": 8, "fm_weight": 0.0, "cond_weight": 0.0}
+    cfg = tiny_molecule_config(train={**train, "precision": "bf16"})
+    domain = build_domain(cfg)
+    ds = domain.load_dataset(cfg.data.train, list(cfg.data.properties), cfg.data.limit)
+    trainer = Trainer(cfg, domain, ds, tmp_path)
+    assert trainer.autocast is torch.bfloat16 and trainer.precision == "bf16"
+    trainer._setup()
+    idx = torch.arange(64)
+    t = trainer.tensors_all.subset(idx)
+    real, y = domain.real_batch(t), trainer.ystd_all[idx]
+    losses = {}
+    for dtype in (None, torch.bfloat16):
+        trainer.autocast = dtype
+        torch.manual_seed(3)
+        with trainer._forward():
+            loss, _ = trainer._g_loss(t, real, y, 0, False)
+        assert loss.dtype == torch.float32
+        losses[dtype] = float(loss.detach())
+    assert losses[torch.bfloat16] == pytest.approx(losses[None], rel=0.01)
+    assert losses[torch.bfloat16] != losses[None]  # autocast did change the arithmetic
+
+    dtypes = []
+    original = Trainer._sample
+
+    def sample(self, raw):
+        out = original(self, raw)
+        dtypes.append((torch.is_grad_enabled(), raw["h"].dtype, torch.is_autocast_enabled("cpu")))
+        return out
+
+    monkeypatch.setattr(Trainer, "_sample", sample)
+    result = Trainer(cfg, domain, ds, tmp_path / "run").run()
+    assert all(np.isfinite(v) for row in result.history for v in row.values())
+    assert dtypes and all(d == (False, torch.float32, False) for d in dtypes)  # the critic's samples
+    blob = torch.load(result.checkpoint, weights_only=True)
+    assert blob["train_info"]["precision"] == "bf16"
+    assert all(v.dtype in (torch.float32, torch.long, torch.bool) for v in blob["model"].values())
+    g = load_generator(result.checkpoint)
+    assert len(g.generate(8, seed=0)) == 8
+
+    for native, want in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(utils, "native_bf16", lambda device, native=native: native)
+        assert Trainer(tiny_molecule_config(train={"precision": "auto"}), domain, ds, tmp_path).autocast is want
+        assert Trainer(tiny_molecule_config(train={"precision": "fp32"}), domain, ds, tmp_path).autocast is None
+    assert cfg.generator_part()["train"]["precision"] == "bf16"
+    assert "precision" not in tiny_molecule_config().generator_part()["train"]
+
+
 def test_finetuning_moves_the_generator_toward_its_objects(trained, tmp_path):
     """Fine-tuning on a few molecules (design/training/finetune.py) lowers their likelihood loss, keeps
     the checkpoint loadable with its history, records the step, and makes the molecules likelier."""

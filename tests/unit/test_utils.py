@@ -49,3 +49,27 @@ def test_strict_json_writes_null_for_undefined_numbers():
     text = strict_json({"rate": float("nan"), "ratio": float("inf"), "rows": [1.5, float("-inf")], "n": 3})
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"rate": None, "ratio": None, "rows": [1.5, None], "n": 3}
+
+
+def test_training_precision_resolution(monkeypatch):
+    """``train.precision``: fp32 and bf16 as asked; auto follows the device's bf16 units; a CPU without
+    them reads as such; an unknown name is refused with the choices."""
+    import torch
+
+    from design import utils
+
+    cpu = torch.device("cpu")
+    assert utils.autocast_dtype("fp32", cpu) is None
+    assert utils.autocast_dtype("bf16", cpu) is torch.bfloat16
+    for native, want in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(utils, "native_bf16", lambda device, native=native: native)
+        assert utils.autocast_dtype("auto", cpu) is want
+    monkeypatch.undo()
+    for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
+    assert utils.native_bf16(cpu) is False
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert utils.native_bf16(cpu) is True
+    assert utils.native_bf16(torch.device("meta")) is False
+    with pytest.raises(ValueError, match="fp32, bf16, auto"):
+        utils.autocast_dtype("fp16", cpu)

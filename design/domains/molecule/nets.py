@@ -364,7 +364,7 @@ class TokenDecoderHead(_TokenHead):
             width = gh.shape[1] // 3
             r, z = torch.sigmoid(gi[:, : 2 * width] + gh[:, : 2 * width]).chunk(2, 1)
             n = torch.tanh(gi[:, 2 * width :] + r * gh[:, 2 * width :])
-            hx[layer] = torch.lerp(n, hx[layer], z)  # (1 - z) n + z h
+            hx[layer] = torch.lerp(n, hx[layer].to(n.dtype), z.to(n.dtype))  # (1 - z) n + z h (one dtype under autocast)
         return hx[-1]
 
 
