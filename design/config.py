@@ -135,9 +135,10 @@ class TrainConfig(_Section):
         "default); its property heads then learn from a fresh learning-rate cosine over those epochs only",
     )
     precision: Literal["fp32", "bf16", "auto"] = Field(
-        "fp32", description="the training steps' forward passes: fp32, or autocast to bfloat16 (weights, optimiser "
-        "state and the loss reductions stay float32); auto: bf16 where the device computes it natively (a CPU "
-        "with AMX or AVX512-BF16, a CUDA GPU with bf16), else fp32. Sampling always runs in float32",
+        "fp32", description="the training steps' forward passes: fp32, or autocast to bfloat16 (weights, their "
+        "gradients, optimiser state and the loss stay float32; molecules only, crystals refuse bf16); auto: bf16 "
+        "where the domain supports it and the device computes it natively (a CPU with AMX or AVX512-BF16, a "
+        "CUDA GPU with bf16), else fp32. Sampling always runs in float32",
     )
     adv_prior: Literal["standard", "fitted"] = Field(
         "fitted", description="latent samples of the adversarial game: N(0, I) or last epoch's fitted prior"

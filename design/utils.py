@@ -63,14 +63,18 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of ``train.precision`` on ``device`` (None: float32 throughout)."""
+def autocast_dtype(precision: str, device: torch.device, supported: bool = True, who: str = "this domain"
+                   ) -> torch.dtype | None:
+    """The autocast dtype of ``train.precision`` on ``device`` (None: float32 throughout); ``supported``:
+    whether the networks (``who``) train in bf16 at all (auto then keeps float32, bf16 is refused)."""
     if precision == "fp32":
         return None
     if precision == "bf16":
+        if not supported:
+            raise ValueError(f"train.precision: bf16 is not supported by {who}; use fp32 or auto")
         return torch.bfloat16
     if precision == "auto":
-        return torch.bfloat16 if native_bf16(device) else None
+        return torch.bfloat16 if supported and native_bf16(device) else None
     raise ValueError(f"train.precision {precision!r} is not one of fp32, bf16, auto")
 
 

@@ -100,6 +100,9 @@ class Domain(ABC):
     # batch i + 1 (a win when the rules are Python the sampler's torch kernels can run beside; a loss
     # when the rules are tensor work that competes with the sampler's threads for the cores)
     rules_beside_sampling: bool = True
+    # whether the domain's networks train under bf16 autocast (``train.precision``); a domain whose
+    # networks mix dtypes there (the crystal edge features' index_put) keeps float32
+    trains_in_bf16: bool = False
 
     # -- data
     @abstractmethod

@@ -18,8 +18,9 @@ property heads included, learns only there: G's epochs take no discriminator ste
 adversarial or conditioning terms decodes no prior samples for the generator.
 ``train.lr_schedule: cosine`` decays both learning rates step by step to ``train.lr_final`` of their base.
 ``train.precision`` bf16 (or auto, where the device has bf16 units) runs the steps' forward passes under
-autocast to bfloat16; weights, optimiser state and backward stay float32, and prior samples (the
-critic's, the monitors') are drawn in float32, as the generator API draws them.
+autocast to bfloat16 (domains with ``trains_in_bf16``); the weights, their gradients and the optimiser
+state stay float32, and prior samples (the critic's, the monitors') are drawn in float32, as the
+generator API draws them.
 
 Every epoch refits the sampling prior (a Gaussian over the training set's posterior means, see
 ``design/models/latent_prior.py``), appends a history row (mean losses, monitors on a fixed
@@ -84,7 +85,8 @@ class Trainer:
         self.workdir = Path(workdir)
         self.device = resolve_device(config.train.device)
         self.gan = get_loss(config.train.gan_loss)
-        self.autocast = autocast_dtype(config.train.precision, self.device)
+        self.autocast = autocast_dtype(config.train.precision, self.device, domain.trains_in_bf16,
+                                       f"the {domain.name} domain")
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:

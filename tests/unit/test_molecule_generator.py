@@ -356,6 +356,13 @@ def test_bf16_training_steps(tmp_path, monkeypatch):
         assert Trainer(tiny_molecule_config(train={"precision": "fp32"}), domain, ds, tmp_path).autocast is None
     assert cfg.generator_part()["train"]["precision"] == "bf16"
     assert "precision" not in tiny_molecule_config().generator_part()["train"]
+    from testkit import tiny_config  # crystals keep float32: auto stays there, bf16 is refused by name
+
+    crystal = tiny_config(train={"precision": "auto"})
+    cdomain = build_domain(crystal)
+    assert not cdomain.trains_in_bf16 and Trainer(crystal, cdomain, ds, tmp_path).autocast is None
+    with pytest.raises(ValueError, match="not supported by the crystal domain"):
+        Trainer(tiny_config(train={"precision": "bf16"}), cdomain, ds, tmp_path)
 
 
 def test_finetuning_moves_the_generator_toward_its_objects(trained, tmp_path):

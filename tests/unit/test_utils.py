@@ -73,3 +73,8 @@ def test_training_precision_resolution(monkeypatch):
     assert utils.native_bf16(torch.device("meta")) is False
     with pytest.raises(ValueError, match="fp32, bf16, auto"):
         utils.autocast_dtype("fp16", cpu)
+    # networks that do not train in bf16: auto keeps float32, bf16 is refused naming them
+    monkeypatch.setattr(utils, "native_bf16", lambda device: True)
+    assert utils.autocast_dtype("auto", cpu, supported=False) is None
+    with pytest.raises(ValueError, match="the crystal domain; use fp32 or auto"):
+        utils.autocast_dtype("bf16", cpu, supported=False, who="the crystal domain")

@@ -50,6 +50,7 @@ class MoleculeDomain(Domain):
     # sampler's torch threads (30,000 samples, 2 threads, batch 4,096: 18.6 s to sample with the rule in
     # a worker thread, 16.0 s in turn)
     rules_beside_sampling = False
+    trains_in_bf16 = True  # train.precision bf16: 0.34 vs 0.53 s a default step, the same likelihood
 
     def __init__(self, settings: MoleculeConfig | None = None, seed: int = 0):
         self.settings = settings or MoleculeConfig()
