@@ -175,17 +175,13 @@ class Trainer:
         """What the training steps compute in: ``bf16`` (autocast) or ``fp32``."""
         return "fp32" if self.autocast is None else "bf16"
 
-    def _forward(self):
-        """The context of a step's forward pass: autocast to ``train.precision``'s dtype, or none."""
+    def _forward(self, autocast: bool = True):
+        """The context of a step's forward pass: autocast to ``train.precision``'s dtype, or none; with
+        ``autocast`` false, inside one, back to float32 (prior samples are drawn as the generator API
+        draws them)."""
         if self.autocast is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast)
-
-    def _full_precision(self):
-        """Inside :meth:`_forward`: back to float32 (prior samples are drawn as the generator API draws them)."""
-        if self.autocast is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=self.autocast, enabled=autocast)
 
     def _prior(self, y: torch.Tensor):
         """Latent samples for the adversarial game, conditioning and penalty, and the conditions they
@@ -225,7 +221,7 @@ class Trainer:
                 loss = tc.prop_weight * F.mse_loss(d_real.properties.float(), y)
                 out["d_prop"] = float(loss.detach()) / max(tc.prop_weight, 1e-12)
                 if realism:
-                    with torch.no_grad(), self._full_precision():
+                    with torch.no_grad(), self._forward(autocast=False):
                         z, c = self._prior(y)
                         fake = self._sample(self.model.generator(z, c)).detach()
                     d_fake = D(self._augment(fake))
