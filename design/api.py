@@ -388,6 +388,34 @@ class Generator:
                 scores.setdefault(k, []).append(v.cpu())
         return {k: torch.cat(v) for k, v in scores.items()}
 
+    @torch.no_grad()
+    def negative_elbo(self, tensors: Any, properties: torch.Tensor, seed: int = 0,
+                      batch_size: int | None = None) -> dict[str, float]:
+        """How well the model explains held-out objects, in nats per object, averaged: ``reconstruction``
+        (the decoder's negative log-likelihood of the tensors, teacher-forced from one posterior sample
+        and conditioned on the objects' ``properties`` [N, P] in physical units), ``kl`` (the posterior's
+        KL to the N(0, I) prior the model was trained against) and their sum ``negative_elbo``, an upper
+        bound on -log p(x | y) and the quantity training minimises at ``train.beta_kl: 1``."""
+        from design.training.losses import gaussian_kl
+
+        n = len(tensors)
+        if n == 0 or properties.shape != (n, len(self.property_names)):
+            raise ValueError(f"negative_elbo needs N >= 1 objects and properties [N, {len(self.property_names)}] "
+                             f"({self.property_names}); got {n} objects and {tuple(properties.shape)}")
+        bs = batch_size or self.config.generate.batch_size
+        y = (properties.to(self.device, torch.float32) - self.property_mean) / self.property_std
+        rng = torch.Generator(device=self.device).manual_seed(seed)
+        rec = kl = 0.0
+        for start in range(0, n, bs):
+            part = tensors.subset(slice(start, start + bs)).to(self.device)
+            mu, logvar = self.model.encoder(part)
+            z = mu + torch.randn(mu.shape, generator=rng, device=self.device) * torch.exp(0.5 * logvar)
+            raw = self.model.generator(z, y[start : start + bs])
+            terms = self.model.generator.head.reconstruction_loss(raw, part)
+            rec += float(sum(terms.values())) * len(part)
+            kl += float(gaussian_kl(mu, logvar)) * len(part)
+        return {"reconstruction": rec / n, "kl": kl / n, "negative_elbo": (rec + kl) / n}
+
     def candidates(self, batch: GeneratedBatch, id_prefix: str = "g", check: bool = True) -> list[Candidate]:
         cls = _CANDIDATE_TYPES.get(self.domain.name, Candidate)
         objs = batch.objects if batch.objects is not None else self.domain.decode(batch.tensors)

@@ -102,5 +102,6 @@ def molecule_benchmark(
     info = metrics["info"]
     params = {"model": model, "n": n, "seed": seed, "reference": info["reference"], "temperature": info["temperature"],
               "novelty_against": info["novelty_against"],
-              **{k: info[k] for k in ("fcd_samples", "fcd_reference", "snn_samples", "intdiv_samples")}}
+              **{k: info[k] for k in ("fcd_samples", "fcd_reference", "snn_samples", "intdiv_samples")},
+              "elbo_samples": info["heldout_fit"].get("n", 0)}
     return _record(metrics, format_table(metrics), params, tracking_uri, experiment, model, json_out)

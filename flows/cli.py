@@ -164,7 +164,8 @@ def _bench_molecule(args) -> str:
 
     settings = _generate_settings(args)
     options = {"train": args.novelty_train, "fcd_samples": args.fcd_samples, "fcd_reference": args.fcd_reference,
-               "snn_samples": args.snn_samples, "intdiv_samples": args.intdiv_samples}
+               "snn_samples": args.snn_samples, "intdiv_samples": args.intdiv_samples,
+               "elbo_samples": args.elbo_samples}
     if args.track:
         from flows.bench import molecule_benchmark
 
@@ -339,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--fcd-reference", type=int, default=10_000, help="molecule: reference molecules for FCD")
     b.add_argument("--snn-samples", type=int, default=5_000, help="molecule: valid samples for SNN (all reference)")
     b.add_argument("--intdiv-samples", type=int, default=10_000, help="molecule: valid samples for IntDiv")
+    b.add_argument("--elbo-samples", type=int, default=5_000,
+                   help="molecule: reference molecules for the held-out likelihood bound (NLL_bound/Test)")
     b.add_argument("--no-track", dest="track", action="store_false", help="do not run as a flow / log to MLflow")
     b.set_defaults(func=cmd_bench)
 

@@ -165,12 +165,47 @@ def test_benchmark_runs_on_small_sets(gen, tmp_path):
     assert np.isfinite(out["FCD/Test"]) and out["FCD/Test"] > 0
     assert out["sample_decode_valid_per_s"] > out["generate_filter_rank_valid_per_s"] > 0
     assert out["info"]["fcd_samples"] == 40 and out["info"]["reference_size"] == 120
+    rejections = out["info"]["filter_rejections"]
+    assert all(0 < v <= 1 for v in rejections.values()) and max(rejections.values(), default=0) <= 1 - out["Filters"]
+    fit = out["info"]["heldout_fit"]
+    assert fit["n"] + sum(fit["skipped"].values()) == 120  # elbo_samples (5,000) capped by the reference
+    assert out["NLL_bound/Test"] == pytest.approx(fit["reconstruction"] + fit["kl"]) and fit["kl"] > 0
     table = format_table(out)
     assert "FCD/Test" in table and "CharRNN" in table
     write_json(out, tmp_path / "b.json")
     crystal_generator = SimpleNamespace(domain=SimpleNamespace(name="crystal"))
     with pytest.raises(ValueError, match="needs a molecule generator"):
         run_molecule_benchmark(crystal_generator, n=10)
+
+
+def test_heldout_likelihood_bound(gen):
+    """``Generator.negative_elbo``: reconstruction + KL in nats per molecule; real molecules are explained
+    better than the same tokens shuffled; seeded; molecules it cannot encode are skipped and counted."""
+    from design.benchmark_molecule import heldout_fit
+    from design.data.sources import resolve
+    from design.domains.molecule import chemistry
+    from design.domains.molecule.tokens import MoleculeTensors
+
+    smiles = pd.read_csv(resolve(MOLECULES_TEST), nrows=64)["SMILES"].tolist()
+    mols = [Chem.MolFromSmiles(s) for s in smiles]
+    tensors = gen.domain.encode(mols)
+    props = torch.tensor([[chemistry.descriptor(p, m) for p in gen.property_names] for m in mols])
+    fit = gen.negative_elbo(tensors, props, seed=1, batch_size=24)
+    assert fit["negative_elbo"] == pytest.approx(fit["reconstruction"] + fit["kl"])
+    assert fit["reconstruction"] > 0 and fit["kl"] > 0
+    assert gen.negative_elbo(tensors, props, seed=1, batch_size=24) == fit
+    assert gen.negative_elbo(tensors, props, seed=2, batch_size=24) != fit  # one posterior sample per molecule
+    g = torch.Generator().manual_seed(0)
+    shuffled = tensors.tokens.clone()
+    for row, n in zip(shuffled, tensors.lengths().tolist(), strict=True):
+        row[:n] = row[:n][torch.randperm(n, generator=g)]
+    worse = gen.negative_elbo(MoleculeTensors(shuffled, tensors.vocab), props, seed=1)
+    assert worse["reconstruction"] > fit["reconstruction"] + 1  # the tiny model knows a little chemistry
+    with pytest.raises(ValueError, match="properties"):
+        gen.negative_elbo(tensors, props[:10])
+    out = heldout_fit(gen, smiles[:10] + ["not_a_smiles", "C" * 200, "[Na+].[Cl-]"])
+    assert out["n"] == 10 and sum(out["skipped"].values()) == 3
+    assert out["skipped"]["SMILES does not parse"] == 1
 
 
 def test_fewer_adversarial_samples_than_the_batch(tmp_path, monkeypatch):
