@@ -249,6 +249,11 @@ class MoleculeConfig(_Section):
     valence_weight: float = Field(1.0, ge=0, description="expected bond-order excess between adjacent atom tokens")
     small_ring_weight: float = Field(1.0, ge=0, description="expected ring closures making 3- or 4-membered rings")
     unwanted_weight: float = Field(1.0, ge=0, description="expected tokens of charged or disallowed atoms")
+    root: Literal["canonical", "no_terminal_multiple"] = Field(
+        "canonical",
+        description="the atom a molecule's SELFIES starts at: RDKit's canonical root, or the first atom in canonical "
+        "order that is not a terminal atom bound by a double or triple bond (not the O of O=C...)",
+    )
 
 
 class GenerateConfig(_Section):
@@ -561,6 +566,8 @@ class RunConfig(_Section):
             part["molecule"] = d["molecule"]
         part["train"] = {k: v for k, v in part["train"].items() if k not in _RUN_CONTROL}
         for section, defaults in _LATER_DEFAULTS.items():
+            if section not in part:
+                continue
             part[section] = {k: v for k, v in part[section].items() if not (k in defaults and v == defaults[k])}
         return part
 
@@ -574,6 +581,7 @@ _LATER_DEFAULTS = {
               "d_after_generator": False, "precision": "fp32"},
     "data": {"property_table": None},
     "model": {"site_count": False, "decoder": "gru", "grammar_features": False, "grammar_valence": False},
+    "molecule": {"root": "canonical"},
 }
 
 

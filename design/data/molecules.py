@@ -77,11 +77,12 @@ def pick_rows(n: int, limit: int | None, subsample: str, seed: int) -> np.ndarra
     return np.random.default_rng(seed).permutation(n)[:limit]
 
 
-def _encode_rows(smiles: list[str], values: dict[str, np.ndarray], properties: list[str], max_tokens: int):
+def _encode_rows(smiles: list[str], values: dict[str, np.ndarray], properties: list[str], max_tokens: int,
+                 root: str = "canonical"):
     """Canonical SMILES, SELFIES, property rows and skip reasons of each input row; on a process pool
     for large inputs (RDKit parsing, the SELFIES encoder and QED cost about 3.5 ms a molecule)."""
     items = [(smi, [float(values[p][i]) if p in values else None for p in properties]) for i, smi in enumerate(smiles)]
-    results = chunked_map(functools.partial(_encode_chunk, properties=properties, max_tokens=max_tokens), items,
+    results = chunked_map(functools.partial(_encode_chunk, properties=properties, max_tokens=max_tokens, root=root), items,
                           default_workers(len(items)), chunk=2000, label="SELFIES encoding", every=20_000)
     out_smiles, out_selfies, ys = [], [], []
     skipped: Counter[str] = Counter()
@@ -95,7 +96,7 @@ def _encode_rows(smiles: list[str], values: dict[str, np.ndarray], properties: l
     return out_smiles, out_selfies, ys, skipped
 
 
-def _encode_chunk(items: list[tuple], properties: list[str], max_tokens: int) -> list:
+def _encode_chunk(items: list[tuple], properties: list[str], max_tokens: int, root: str = "canonical") -> list:
     """Per (SMILES, given property values or None) item: (canonical SMILES, SELFIES, property row),
     or the reason it is skipped."""
     import selfies as sf
@@ -107,7 +108,7 @@ def _encode_chunk(items: list[tuple], properties: list[str], max_tokens: int) ->
             out.append("SMILES does not parse")
             continue
         try:
-            canonical, selfies = mol_to_selfies(mol)
+            canonical, selfies = mol_to_selfies(mol, root)
             if sf.len_selfies(selfies) > max_tokens:
                 raise EncodeError(f"more than max_tokens={max_tokens} SELFIES tokens")
         except EncodeError as err:
@@ -128,14 +129,17 @@ def load_molecule_dataset(
     limit: int | None = None,
     subsample: str = "random",
     seed: int = 0,
+    root: str = "canonical",
 ) -> EncodedDataset:
     """Resolve, read and encode a SMILES corpus, using the cache when it matches (see module docstring).
 
-    ``ids`` of the result are canonical RDKit SMILES; ``tensors`` carry the fitted vocabulary.
+    ``ids`` of the result are canonical RDKit SMILES; ``tensors`` carry the fitted vocabulary; the SELFIES
+    start at ``root`` (``tokens.root_atom``).
     """
     path = resolve(relpath)
     digest = sha256_of(path)[:16]
-    key = f"{'-'.join(properties)}_t{max_tokens}_l{limit}_{subsample}{seed}_v{FEATURIZER_VERSION}_{digest}"
+    rooted = "" if root == "canonical" else f"_r{root}"  # canonical roots keep the caches written before the option
+    key = f"{'-'.join(properties)}_t{max_tokens}_l{limit}_{subsample}{seed}{rooted}_v{FEATURIZER_VERSION}_{digest}"
     cache = cache_dir() / "features" / relpath.replace("/", "__") / f"{key}.pt"
     if cache.is_file():
         try:
@@ -150,7 +154,7 @@ def load_molecule_dataset(
     smiles = df["smiles"].to_numpy()[rows].tolist()
     values = {p: pd.to_numeric(df[p], errors="coerce").to_numpy()[rows] for p in properties if p in df.columns}
     log.info("encoding %d molecules of %s as SELFIES", len(smiles), relpath)
-    canon, selfies, ys, skipped = _encode_rows(smiles, values, list(properties), max_tokens)
+    canon, selfies, ys, skipped = _encode_rows(smiles, values, list(properties), max_tokens, root)
     if skipped:
         log.warning("%s: skipped %d of %d rows: %s", relpath, sum(skipped.values()), len(smiles), dict(skipped))
     if not canon:

@@ -5,13 +5,13 @@ import pytest
 import torch
 from rdkit import Chem
 
-from design.config import ConfigError, config_from_dict, generator_key
+from design.config import ConfigError, MoleculeConfig, config_from_dict, generator_key
 from design.data.molecules import DatasetFormatError, load_molecule_dataset
 from design.data.sources import resolve
 from design.domains import build_domain
 from design.domains.base import Candidate
 from design.domains.molecule import MoleculeDomain
-from design.domains.molecule.tokens import MoleculeBatch
+from design.domains.molecule.tokens import MoleculeBatch, indices_to_selfies, selfies_to_smiles
 
 from testkit import MOLECULES_TEST
 
@@ -39,6 +39,40 @@ def test_round_trip_real_moses_molecules(moses, domain):
     assert torch.equal(domain.encode(raw).tokens, moses.tensors.tokens)
     # the soft form turns back into the same hard tensors
     assert torch.equal(domain.batch_to_tensors(domain.real_batch(moses.tensors)).tokens, moses.tensors.tokens)
+
+
+def test_selfies_rooted_off_terminal_multiple_bonds(moses):
+    """molecule.root: no_terminal_multiple writes the same molecules, none opening on a terminal atom's
+    double or triple bond (O=C..., N#C...), and changes only the strings that did; its cache and generator
+    key are its own, and the default's key is what it was before the option."""
+    rooted = load_molecule_dataset(MOLECULES_TEST, ["logp"], max_tokens=72, limit=300, subsample="first",
+                                   root="no_terminal_multiple")
+    assert rooted.ids == moses.ids and not rooted.skipped
+    dom = MoleculeDomain(MoleculeConfig(root="no_terminal_multiple"))
+    dom.fit_state(rooted)
+    assert [Chem.MolToSmiles(m) for m in dom.decode(rooted.tensors)] == moses.ids
+    assert torch.equal(dom.encode(moses.ids).tokens, rooted.tensors.tokens)
+
+    def opens_on_terminal_multiple(tensors):
+        out = []
+        for row in tensors.tokens.tolist():  # the SELFIES decoder keeps the string's atom order
+            first = Chem.MolFromSmiles(selfies_to_smiles(indices_to_selfies(row, tensors.vocab))).GetAtomWithIdx(0)
+            out.append(first.GetDegree() == 1 and first.GetBonds()[0].GetBondTypeAsDouble() >= 2)
+        return out
+
+    opens = opens_on_terminal_multiple(moses.tensors)
+    assert 20 < sum(opens) < 150  # MOSES: about one molecule in seven opens on O=C
+    assert not any(opens_on_terminal_multiple(rooted.tensors))
+    strings = [[indices_to_selfies(row, t.vocab) for row in t.tokens.tolist()] for t in (moses.tensors, rooted.tensors)]
+    assert all(b == a for b, a, o in zip(*strings, opens, strict=True) if not o)
+    assert not any(b == a for b, a, o in zip(*strings, opens, strict=True) if o)
+    base = {"domain": "molecule", "data": {"train": "molecules/moses/train.csv.gz"}}
+    assert generator_key(config_from_dict(base)) == generator_key(
+        config_from_dict({**base, "molecule": {"root": "canonical"}}))
+    assert generator_key(config_from_dict(base)) != generator_key(
+        config_from_dict({**base, "molecule": {"root": "no_terminal_multiple"}}))
+    with pytest.raises(ConfigError, match="root"):
+        config_from_dict({**base, "molecule": {"root": "random"}})
 
 
 def test_logp_labels_match_rdkit(moses):

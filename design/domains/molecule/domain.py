@@ -70,7 +70,7 @@ class MoleculeDomain(Domain):
                 "file only; put the columns there and set data.property_table: null"
             )
         return load_molecule_dataset(relpath, list(properties), self.settings.max_tokens, limit,
-                                     self.settings.subsample, self.seed)
+                                     self.settings.subsample, self.seed, self.settings.root)
 
     def fit_state(self, train: EncodedDataset) -> dict:
         self.vocab = tuple(train.tensors.vocab)
@@ -94,7 +94,8 @@ class MoleculeDomain(Domain):
         rows = []
         for s in samples:
             smiles = s if isinstance(s, str) else Chem.MolToSmiles(s)
-            rows.append(selfies_to_indices(smiles_to_selfies(smiles), index, self.settings.max_tokens))
+            rows.append(selfies_to_indices(smiles_to_selfies(smiles, self.settings.root), index,
+                                           self.settings.max_tokens))
         return MoleculeTensors(torch.tensor(rows, dtype=torch.long).view(len(rows), -1), vocab)
 
     def decode(self, t: MoleculeTensors) -> list[Chem.Mol]:

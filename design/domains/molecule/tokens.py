@@ -56,21 +56,47 @@ class Vocabulary:
         return {t: i for i, t in enumerate(self.tokens)}
 
 
-def smiles_to_selfies(smiles: str) -> str:
-    """Canonical SMILES -> SELFIES (kekulised by the encoder); raises :class:`EncodeError`."""
+ROOTS = ("canonical", "no_terminal_multiple")
+
+
+def smiles_to_selfies(smiles: str, root: str = "canonical") -> str:
+    """SMILES -> SELFIES (kekulised by the encoder) starting where ``root`` says; raises :class:`EncodeError`."""
     mol = Chem.MolFromSmiles(smiles)
     if mol is None:
         raise EncodeError("SMILES does not parse")
-    return mol_to_selfies(mol)[1]
+    return mol_to_selfies(mol, root)[1]
 
 
-def mol_to_selfies(mol: Chem.Mol) -> tuple[str, str]:
-    """(canonical SMILES, SELFIES) of a parsed molecule; raises :class:`EncodeError`."""
+def root_atom(mol: Chem.Mol, root: str = "canonical") -> int | None:
+    """The atom a molecule's string starts at: ``None`` for RDKit's canonical choice, or with
+    ``"no_terminal_multiple"`` the atom of lowest canonical rank that is not a terminal atom bound by a
+    double or triple bond (the O of a carbonyl, the N of a nitrile; None when that is the canonical root
+    already or no atom qualifies). A string that opens on ``O=C`` needs a branch right after the carbon
+    or the carbonyl ends up an aldehyde; started elsewhere the carbonyl is a branch off a chain."""
+    if root == "canonical":
+        return None
+    if root != "no_terminal_multiple":
+        raise ValueError(f"molecule.root={root!r} is not one of {list(ROOTS)}")
+    ranks = list(Chem.CanonicalRankAtoms(mol))
+    order = sorted(range(mol.GetNumAtoms()), key=ranks.__getitem__)
+    for i in order:
+        atom = mol.GetAtomWithIdx(i)
+        bonds = atom.GetBonds()
+        if not (len(bonds) == 1 and bonds[0].GetBondTypeAsDouble() >= 2):
+            return None if i == order[0] else i
+    return None
+
+
+def mol_to_selfies(mol: Chem.Mol, root: str = "canonical") -> tuple[str, str]:
+    """(canonical SMILES, SELFIES) of a parsed molecule, its SELFIES written from :func:`root_atom`;
+    raises :class:`EncodeError`."""
     if len(Chem.GetMolFrags(mol)) > 1:
         raise EncodeError("more than one fragment")
     canonical = Chem.MolToSmiles(mol)
+    start = root_atom(mol, root)
+    written = canonical if start is None else Chem.MolToSmiles(mol, rootedAtAtom=start)
     try:
-        return canonical, sf.encoder(canonical)
+        return canonical, sf.encoder(written)
     except sf.EncoderError as err:
         raise EncodeError(f"SELFIES encoder refused it ({str(err).splitlines()[0]})") from None
 
