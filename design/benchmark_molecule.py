@@ -259,8 +259,8 @@ def heldout_fit(generator: Generator, smiles: list[str], seed: int = 0) -> dict[
         if mol is None:
             skipped["SMILES does not parse"] += 1
             continue
-        try:
-            rows.append(generator.domain.encode([mol]))
+        try:  # the string, not the molecule: encode would write the molecule as SMILES and parse it again
+            rows.append(generator.domain.encode([s]))
         except EncodeError as err:
             skipped[str(err)] += 1
             continue
